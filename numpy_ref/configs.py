@@ -1,0 +1,126 @@
+"""Model configuration: one dataclass for every architecture, and named presets.
+
+Presets fix the architecture; the image size, channels and class count come
+from the dataset (the training CLI fills them in with `dataclasses.replace`).
+"""
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+ARCHS = ("tokenfree", "uvit", "diffit", "unet", "mobile_unet", "snapgen_unet")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "tokenfree"
+    img_size: int = 32            # H = W of the training images
+    in_channels: int = 3
+    num_classes: int = 0          # 0: unconditional; else ids 0..n-1, and id n is the "null" class for CFG
+    # transformer family (tokenfree, uvit)
+    width: int = 128              # D
+    depth: int = 7                # number of blocks N
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    stride: int = 2               # tokenfree: stem conv stride S; uvit: patch size p
+    skips: bool = True            # U-ViT long skips between in-half and out-half blocks
+    pos_conv: bool = True         # tokenfree: depthwise 3x3 conv on the MLP hidden map
+    # U-Net family (unet, mobile_unet, snapgen_unet, diffit)
+    channels: int = 64            # base channel count
+    channel_mult: tuple = (1, 2, 2)
+    num_res_blocks: int = 2
+    attn_levels: tuple = (2,)     # resolution levels (0 = full size) that have attention
+    window: int = 0               # diffit: attention window w (0 = the whole map)
+    groups: int = 8               # GroupNorm groups
+    prediction: str = "eps"       # what the network predicts: "eps" (the only one the samplers use now)
+
+    def __post_init__(self):
+        problems = []
+        if self.arch not in ARCHS:
+            problems.append(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        for name in ("img_size", "in_channels", "width", "depth", "heads", "stride", "channels", "groups"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.num_classes < 0:
+            problems.append(f"num_classes={self.num_classes} must be >= 0 (0 means unconditional)")
+        if self.mlp_ratio <= 0:
+            problems.append(f"mlp_ratio={self.mlp_ratio} must be > 0")
+        if self.arch in ("tokenfree", "uvit"):
+            if self.width % self.heads:
+                problems.append(f"heads={self.heads} does not divide width={self.width}; pick heads that divide it")
+            if self.img_size % self.stride:
+                problems.append(f"img_size={self.img_size} is not divisible by the stem stride {self.stride}")
+        if self.prediction != "eps":
+            problems.append(f"prediction={self.prediction!r}: only 'eps' is supported")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+        # JSON gives lists; keep tuples so configs stay hashable and comparable
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        object.__setattr__(self, "attn_levels", tuple(self.attn_levels))
+
+    @property
+    def null_class(self):
+        """The class id that means "no label" (classifier-free guidance)."""
+        return self.num_classes
+
+    def to_json(self):
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        d = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config has unknown fields {unknown}: the file was written by another version or program")
+        return cls(**d)
+
+
+def check_inputs(cfg, x_shape, y=None, multiple=None):
+    """Raise ValueError naming the problem if x (B, C, H, W) or the labels y do not fit cfg.
+    multiple: H and W must be divisible by it (default: the stem stride)."""
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x_shape)}")
+    B, C, H, W = x_shape
+    if C != cfg.in_channels:
+        raise ValueError(f"x has {C} channels but the model was built for in_channels={cfg.in_channels}")
+    m = cfg.stride if multiple is None else multiple
+    if H % m or W % m:
+        raise ValueError(f"image size {H}x{W} is not divisible by {m} (the stem stride / downsampling factor); "
+                         f"resize or crop to a multiple of {m}")
+    if y is not None:
+        if cfg.num_classes == 0:
+            raise ValueError("labels y were given but the model is unconditional (num_classes=0)")
+        if isinstance(y, (list, tuple, np.ndarray, int, np.integer)):
+            ya = np.asarray(y).reshape(-1)
+            if ya.shape[0] != B:
+                raise ValueError(f"got {ya.shape[0]} labels for a batch of {B}")
+            if ya.size and (ya.min() < 0 or ya.max() > cfg.num_classes):
+                raise ValueError(f"class id out of range: ids must be in 0..{cfg.num_classes - 1} "
+                                 f"(or {cfg.num_classes} for the null class), got {ya.min()}..{ya.max()}")
+
+
+# ----------------------------------------------------------------------------
+# Presets: <arch>-tiny for tests, <arch>-xs for laptops, <arch>-s for a GPU
+# ----------------------------------------------------------------------------
+
+_TINY = dict(img_size=8, in_channels=3, num_classes=4)
+
+PRESETS = {
+    # --- tokenfree ---
+    "tokenfree-tiny": ModelConfig("tokenfree", width=32, depth=3, heads=2, stride=2, **_TINY),
+    "tokenfree-xs": ModelConfig("tokenfree", width=96, depth=7, heads=4, stride=4),
+    "tokenfree-s": ModelConfig("tokenfree", width=256, depth=13, heads=8, stride=2),
+    # --- uvit ---
+    # --- diffit ---
+    # --- unet ---
+    # --- mobile_unet ---
+    # --- snapgen_unet ---
+}
+
+
+def get_config(name, **overrides):
+    """A preset by name, with fields replaced (e.g. img_size, in_channels, num_classes from the dataset)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return replace(PRESETS[name], **overrides)

@@ -1,0 +1,195 @@
+"""NumPy layers: small pure functions over arrays and a dict of parameters.
+
+Every function keeps the dtype of its input (float32 for sampling, float64 for
+gradient checks). Layouts follow PyTorch: linear weight (out, in), conv weight
+(out, in/groups, kh, kw), images NCHW.
+"""
+import math
+
+import numpy as np
+
+# ----------------------------------------------------------------------------
+# Dense and convolution
+# ----------------------------------------------------------------------------
+
+def linear(x, w, b=None):
+    """x (..., in) @ w.T (in, out) + b -> (..., out)"""
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def _im2col(x, kh, kw, stride, padding):
+    """x (B, C, H, W) -> patches (B, C, kh, kw, Ho, Wo) as a strided view of the padded input."""
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    B, C, H, W = x.shape
+    Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
+    s = x.strides
+    return np.lib.stride_tricks.as_strided(
+        x, (B, C, kh, kw, Ho, Wo), (s[0], s[1], s[2], s[3], s[2] * stride, s[3] * stride), writeable=False)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
+    """x (B, Cin, H, W), w (Cout, Cin/groups, kh, kw) -> (B, Cout, Ho, Wo), cross-correlation as in PyTorch."""
+    Cout, Cg, kh, kw = w.shape
+    B, Cin = x.shape[:2]
+    if Cin != Cg * groups:
+        raise ValueError(f"conv2d: input has {Cin} channels, weight expects {Cg * groups}")
+    cols = _im2col(x, kh, kw, stride, padding)                          # (B, Cin, kh, kw, Ho, Wo)
+    Ho, Wo = cols.shape[-2:]
+    if groups == 1:
+        y = np.tensordot(w, cols, axes=([1, 2, 3], [1, 2, 3]))          # (Cout, B, Ho, Wo)
+        y = y.transpose(1, 0, 2, 3)
+    else:
+        cols = cols.reshape(B, groups, Cg, kh, kw, Ho, Wo)
+        wg = w.reshape(groups, Cout // groups, Cg, kh, kw)
+        y = np.einsum("gocij,bgcijhw->bgohw", wg, cols, optimize=True).reshape(B, Cout, Ho, Wo)
+    y = np.ascontiguousarray(y)
+    return y if b is None else y + b[None, :, None, None]
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0):
+    """x (B, Cin, H, W), w (Cin, Cout, kh, kw) (PyTorch layout) -> (B, Cout, (H-1)*stride - 2*padding + kh, ...)"""
+    B, Cin, H, W = x.shape
+    _, Cout, kh, kw = w.shape
+    # zero-insert the input, then a plain convolution with the flipped, transposed kernel
+    up = np.zeros((B, Cin, (H - 1) * stride + 1, (W - 1) * stride + 1), x.dtype)
+    up[:, :, ::stride, ::stride] = x
+    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (Cout, Cin, kh, kw)
+    return conv2d(up, wf, b, stride=1, padding=kh - 1 - padding)
+
+
+# ----------------------------------------------------------------------------
+# Normalisation
+# ----------------------------------------------------------------------------
+
+def layer_norm(x, w=None, b=None, eps=1e-6):
+    """Normalise over the last axis: x (..., D) -> (..., D); w, b (D,) or None (no affine)."""
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    y = (x - mu) / np.sqrt(var + eps)
+    if w is not None:
+        y = y * w
+    return y if b is None else y + b
+
+
+def group_norm(x, groups, w=None, b=None, eps=1e-5):
+    """x (B, C, H, W) -> (B, C, H, W), statistics over each group of C/groups channels and all pixels."""
+    B, C, H, W = x.shape
+    if C % groups:
+        raise ValueError(f"group_norm: {C} channels do not split into {groups} groups")
+    g = x.reshape(B, groups, -1)
+    mu = g.mean(-1, keepdims=True)
+    var = ((g - mu) ** 2).mean(-1, keepdims=True)
+    y = ((g - mu) / np.sqrt(var + eps)).reshape(B, C, H, W)
+    if w is not None:
+        y = y * w[None, :, None, None]
+    return y if b is None else y + b[None, :, None, None]
+
+
+# ----------------------------------------------------------------------------
+# Activations
+# ----------------------------------------------------------------------------
+
+def erf(x):
+    """Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the same formula tinygrad uses; NumPy has no erf."""
+    sign = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return sign * (1.0 - poly * np.exp(-a * a))
+
+
+def gelu(x, approximate="erf"):
+    """GELU; approximate="erf" is the exact form (U-ViT), "tanh" the GPT-2/DiT approximation."""
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    if approximate == "erf":
+        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    raise ValueError(f"gelu: approximate must be 'erf' or 'tanh', got {approximate!r}")
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def silu(x):
+    return x * sigmoid(x)
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+# ----------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------
+
+def attention(q, k, v, bias=None):
+    """Scaled dot-product attention. q (B, h, Lq, d), k/v (B, h or 1, Lk, d), bias broadcast to (B, h, Lq, Lk)."""
+    logits = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))   # (B, h, Lq, Lk)
+    if bias is not None:
+        logits = logits + bias
+    return softmax(logits, -1) @ v                                       # (B, h, Lq, d)
+
+
+def split_heads(x, heads):
+    """(B, L, h*d) -> (B, h, L, d)"""
+    B, L, D = x.shape
+    return x.reshape(B, L, heads, D // heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """(B, h, L, d) -> (B, L, h*d)"""
+    B, h, L, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, L, h * d)
+
+
+def multi_head_attention(x, p, prefix, heads):
+    """Self-attention with a fused qkv projection: x (B, L, D) -> (B, L, D).
+    Parameters: {prefix}.qkv.weight (3D, D) [+ .bias], {prefix}.proj.weight (D, D) + .bias."""
+    qkv = linear(x, p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias"))   # (B, L, 3D)
+    q, k, v = np.split(qkv, 3, axis=-1)                                        # 3 x (B, L, D)
+    o = attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
+    return linear(merge_heads(o), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
+
+
+# ----------------------------------------------------------------------------
+# Conditioning and reshapes
+# ----------------------------------------------------------------------------
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal embedding [cos, sin] of timesteps t (B,) -> (B, dim) float32 (zero-padded if dim is odd)."""
+    t = np.asarray(t, dtype=np.float64).reshape(-1)
+    half = dim // 2
+    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / half)
+    args = t[:, None] * freqs[None]
+    emb = np.concatenate([np.cos(args), np.sin(args)], axis=-1)
+    if dim % 2:
+        emb = np.concatenate([emb, np.zeros_like(emb[:, :1])], axis=-1)
+    return emb.astype(np.float32)
+
+
+def modulate(x, shift, scale):
+    """adaLN: x (B, L, D), shift/scale (B, D) -> x * (1 + scale) + shift"""
+    return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+
+
+def depth_to_space(x, r):
+    """Pixel shuffle (PyTorch order): (B, C*r*r, H, W) -> (B, C, H*r, W*r)."""
+    B, Crr, H, W = x.shape
+    C = Crr // (r * r)
+    x = x.reshape(B, C, r, r, H, W).transpose(0, 1, 4, 2, 5, 3)          # (B, C, H, r, W, r)
+    return x.reshape(B, C, H * r, W * r)
+
+
+def space_to_depth(x, r):
+    """Inverse of depth_to_space: (B, C, H*r, W*r) -> (B, C*r*r, H, W)."""
+    B, C, Hr, Wr = x.shape
+    x = x.reshape(B, C, Hr // r, r, Wr // r, r).transpose(0, 1, 3, 5, 2, 4)
+    return x.reshape(B, C * r * r, Hr // r, Wr // r)
+
+
+def embedding(ids, table):
+    """ids (B,) int -> (B, D) rows of table (N, D)"""
+    return table[np.asarray(ids, dtype=np.int64)]

@@ -1,0 +1,138 @@
+"""The token-free diffusion transformer (arXiv 2411.06119), as read in DESIGN.md 3.1.
+
+An initial convolution turns the image into a feature map; N blocks of one
+fixed size work on that map as a sequence of positions; a linear head and a
+depth-to-space turn it back into an image. No tokenizer, no positional
+embedding: the stem's zero padding (and pos_conv inside each block) tell a
+position where it is.
+"""
+import numpy as np
+
+from ..configs import check_inputs
+from ..layers import (conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate,
+                      multi_head_attention, silu, timestep_embedding)
+
+# ----------------------------------------------------------------------------
+# Parameters
+# ----------------------------------------------------------------------------
+
+def param_shapes(cfg):
+    """name -> shape of every parameter; the contract both backends and the weight files follow."""
+    D, S, C, hid = cfg.width, cfg.stride, cfg.in_channels, int(cfg.width * cfg.mlp_ratio)
+    shapes = {
+        "stem.weight": (D, C, S + 2, S + 2), "stem.bias": (D,),
+        "time_embed.0.weight": (D, D), "time_embed.0.bias": (D,),
+        "time_embed.2.weight": (D, D), "time_embed.2.bias": (D,),
+    }
+    if cfg.num_classes:
+        shapes["label_embed.weight"] = (cfg.num_classes + 1, D)   # last row: the null class
+    for i in range(cfg.depth):
+        b = f"blocks.{i}"
+        if block_kind(i, cfg) == "out":
+            shapes.update({f"{b}.skip_linear.weight": (D, 2 * D), f"{b}.skip_linear.bias": (D,)})
+        shapes.update({
+            f"{b}.ada.weight": (6 * D, D), f"{b}.ada.bias": (6 * D,),
+            f"{b}.attn.qkv.weight": (3 * D, D), f"{b}.attn.qkv.bias": (3 * D,),
+            f"{b}.attn.proj.weight": (D, D), f"{b}.attn.proj.bias": (D,),
+            f"{b}.mlp.fc1.weight": (hid, D), f"{b}.mlp.fc1.bias": (hid,),
+            f"{b}.mlp.fc2.weight": (D, hid), f"{b}.mlp.fc2.bias": (D,),
+        })
+        if cfg.pos_conv:
+            shapes.update({f"{b}.mlp.pos_conv.weight": (hid, 1, 3, 3), f"{b}.mlp.pos_conv.bias": (hid,)})
+    shapes.update({
+        "final.ada.weight": (2 * D, D), "final.ada.bias": (2 * D,),
+        "final.linear.weight": (S * S * C, D), "final.linear.bias": (S * S * C,),
+        "final_conv.weight": (C, C, 3, 3), "final_conv.bias": (C,),
+    })
+    return shapes
+
+
+def block_kind(i, cfg):
+    """'in' blocks push a skip, 'out' blocks pop one (LIFO), the middle block (odd depth) does neither."""
+    if not cfg.skips:
+        return "mid"
+    half = cfg.depth // 2
+    return "in" if i < half else ("out" if i >= cfg.depth - half else "mid")
+
+
+def init_params(cfg, seed=0):
+    """Fresh parameters (float32): Xavier-uniform weights, zero biases, adaLN-Zero (modulation and the
+    final linear start at zero, as in DiT), N(0, 0.02) embeddings."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith(".bias"):
+            w = np.zeros(shape)
+        elif ".ada." in name or name.startswith("final.linear"):
+            w = np.zeros(shape)
+        elif name.startswith(("time_embed", "label_embed")):
+            w = rng.normal(0.0, 0.02, shape)
+        else:
+            fan_out, fan_in = shape[0] * int(np.prod(shape[2:])), int(np.prod(shape[1:]))
+            if name.endswith("pos_conv.weight"):
+                fan_out = fan_in   # depthwise: one input channel per output
+            a = np.sqrt(6.0 / (fan_in + fan_out))
+            w = rng.uniform(-a, a, shape)
+        params[name] = w.astype(np.float32)
+    return params
+
+
+# ----------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------
+
+def conditioning(p, t, y, cfg, dtype):
+    """c = MLP(sinusoid(t)) + label_embed(y): t (B,), y (B,) or None -> (B, D)"""
+    temb = timestep_embedding(t, cfg.width).astype(dtype)                          # (B, D)
+    c = linear(silu(linear(temb, p["time_embed.0.weight"], p["time_embed.0.bias"])),
+               p["time_embed.2.weight"], p["time_embed.2.bias"])                    # (B, D)
+    if cfg.num_classes:
+        ids = np.full(len(c), cfg.null_class) if y is None else np.asarray(y).reshape(-1)
+        c = c + embedding(ids, p["label_embed.weight"])
+    return c
+
+
+def mlp(p, prefix, h, hw, cfg):
+    """fc1 -> [depthwise 3x3 on the (H/S, W/S) map] -> GELU -> fc2: h (B, L, D) -> (B, L, D)"""
+    z = linear(h, p[f"{prefix}.fc1.weight"], p[f"{prefix}.fc1.bias"])              # (B, L, hid)
+    if cfg.pos_conv:
+        B, L, hid = z.shape
+        zmap = z.transpose(0, 2, 1).reshape(B, hid, *hw)                           # (B, hid, H/S, W/S)
+        zmap = conv2d(zmap, p[f"{prefix}.pos_conv.weight"], p[f"{prefix}.pos_conv.bias"], padding=1, groups=hid)
+        z = zmap.reshape(B, hid, L).transpose(0, 2, 1)                             # (B, L, hid)
+    return linear(gelu(z), p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
+
+
+def block(p, prefix, h, c, hw, cfg):
+    """One fixed-size block with adaLN-Zero: h (B, L, D), c (B, D) -> (B, L, D)"""
+    mod = linear(silu(c), p[f"{prefix}.ada.weight"], p[f"{prefix}.ada.bias"])      # (B, 6D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = np.split(mod, 6, axis=-1)
+    h = h + gate1[:, None] * multi_head_attention(modulate(layer_norm(h), shift1, scale1), p, f"{prefix}.attn", cfg.heads)
+    h = h + gate2[:, None] * mlp(p, f"{prefix}.mlp", modulate(layer_norm(h), shift2, scale2), hw, cfg)
+    return h
+
+
+def forward(params, x, t, y=None, cfg=None):
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+    Any H, W divisible by the stem stride work: nothing in the model depends on the image size."""
+    check_inputs(cfg, x.shape, y)
+    p, S = params, cfg.stride
+    B, C, H, W = x.shape
+    h = conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)           # (B, D, H/S, W/S)
+    hw = h.shape[2:]
+    h = h.reshape(B, cfg.width, -1).transpose(0, 2, 1)                             # (B, L, D)
+    c = conditioning(p, t, y, cfg, x.dtype)                                        # (B, D)
+    skips = []
+    for i in range(cfg.depth):
+        kind = block_kind(i, cfg)
+        if kind == "out":
+            h = linear(np.concatenate([h, skips.pop()], -1),
+                       p[f"blocks.{i}.skip_linear.weight"], p[f"blocks.{i}.skip_linear.bias"])   # (B, L, D)
+        h = block(p, f"blocks.{i}", h, c, hw, cfg)
+        if kind == "in":
+            skips.append(h)
+    shift, scale = np.split(linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]), 2, axis=-1)
+    h = linear(modulate(layer_norm(h), shift, scale), p["final.linear.weight"], p["final.linear.bias"])  # (B, L, S*S*C)
+    h = h.transpose(0, 2, 1).reshape(B, S * S * C, *hw)                            # (B, S*S*C, H/S, W/S)
+    h = depth_to_space(h, S)                                                       # (B, C, H, W)
+    return conv2d(h, p["final_conv.weight"], p["final_conv.bias"], padding=1)

@@ -1,0 +1,152 @@
+"""tinygrad layers: the same functions, names and layouts as numpy_ref/layers.py, over Tensors."""
+import math
+
+import numpy as np
+from tinygrad import Tensor, dtypes
+
+# ----------------------------------------------------------------------------
+# Dense and convolution
+# ----------------------------------------------------------------------------
+
+def linear(x, w, b=None):
+    """x (..., in) @ w.T (in, out) + b -> (..., out)"""
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
+    """x (B, Cin, H, W), w (Cout, Cin/groups, kh, kw) -> (B, Cout, Ho, Wo)"""
+    Cout, Cg, kh, kw = w.shape
+    if x.shape[1] != Cg * groups:
+        raise ValueError(f"conv2d: input has {x.shape[1]} channels, weight expects {Cg * groups}")
+    return x.conv2d(w, b, groups=groups, stride=stride, padding=padding)
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0):
+    """x (B, Cin, H, W), w (Cin, Cout, kh, kw) -> (B, Cout, (H-1)*stride - 2*padding + kh, ...)"""
+    return x.conv_transpose2d(w, b, stride=stride, padding=padding)
+
+
+# ----------------------------------------------------------------------------
+# Normalisation
+# ----------------------------------------------------------------------------
+
+def layer_norm(x, w=None, b=None, eps=1e-6):
+    """Normalise over the last axis: x (..., D) -> (..., D); w, b (D,) or None (no affine)."""
+    y = x.layernorm(-1, eps)
+    if w is not None:
+        y = y * w
+    return y if b is None else y + b
+
+
+def group_norm(x, groups, w=None, b=None, eps=1e-5):
+    """x (B, C, H, W) -> (B, C, H, W), statistics over each group of C/groups channels and all pixels."""
+    B, C, H, W = x.shape
+    if C % groups:
+        raise ValueError(f"group_norm: {C} channels do not split into {groups} groups")
+    y = x.reshape(B, groups, -1).layernorm(-1, eps).reshape(B, C, H, W)
+    if w is not None:
+        y = y * w.reshape(1, C, 1, 1)
+    return y if b is None else y + b.reshape(1, C, 1, 1)
+
+
+# ----------------------------------------------------------------------------
+# Activations
+# ----------------------------------------------------------------------------
+
+def erf(x):
+    return x.erf()
+
+
+def gelu(x, approximate="erf"):
+    """GELU; approximate="erf" is the exact form (U-ViT), "tanh" the GPT-2/DiT approximation."""
+    if approximate not in ("erf", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'erf' or 'tanh', got {approximate!r}")
+    return x.gelu(approximate="none" if approximate == "erf" else "tanh")
+
+
+def sigmoid(x):
+    return x.sigmoid()
+
+
+def silu(x):
+    return x.silu()
+
+
+def softmax(x, axis=-1):
+    # the normalizer is its own kernel in both passes, so the backward never recomputes exp() inside a reduction
+    e = (x - x.max(axis, keepdim=True).detach()).exp()
+    return e / e.sum(axis, keepdim=True).contiguous().contiguous_backward()
+
+
+# ----------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------
+
+def attention(q, k, v, bias=None):
+    """Scaled dot-product attention. q (B, h, Lq, d), k/v (B, h or 1, Lk, d), bias broadcast to (B, h, Lq, Lk)."""
+    logits = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))   # (B, h, Lq, Lk)
+    if bias is not None:
+        logits = logits + bias
+    return softmax(logits.contiguous(), -1) @ v                          # (B, h, Lq, d)
+
+
+def split_heads(x, heads):
+    """(B, L, h*d) -> (B, h, L, d)"""
+    B, L, D = x.shape
+    return x.reshape(B, L, heads, D // heads).permute(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """(B, h, L, d) -> (B, L, h*d)"""
+    B, h, L, d = x.shape
+    return x.permute(0, 2, 1, 3).reshape(B, L, h * d)
+
+
+def multi_head_attention(x, p, prefix, heads):
+    """Self-attention with a fused qkv projection: x (B, L, D) -> (B, L, D)."""
+    qkv = linear(x, p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias"))   # (B, L, 3D)
+    # separate gradient buffers for q, k, v: one fused gradient kernel of all three is far slower on CPU
+    q, k, v = (z.contiguous_backward() for z in qkv.chunk(3, dim=-1))         # 3 x (B, L, D)
+    o = attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
+    return linear(merge_heads(o), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
+
+
+# ----------------------------------------------------------------------------
+# Conditioning and reshapes
+# ----------------------------------------------------------------------------
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal embedding [cos, sin] of timesteps t (B,) -> (B, dim) float32 (zero-padded if dim is odd)."""
+    t = t if isinstance(t, Tensor) else Tensor(np.asarray(t, dtype=np.float32).reshape(-1))
+    half = dim // 2
+    freqs = Tensor(np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / half).astype(np.float32),
+                   device=t.device)
+    args = t.reshape(-1, 1).cast(dtypes.float32) * freqs.reshape(1, half)
+    emb = args.cos().cat(args.sin(), dim=-1)
+    return emb.pad(((0, 0), (0, 1))) if dim % 2 else emb
+
+
+def modulate(x, shift, scale):
+    """adaLN: x (B, L, D), shift/scale (B, D) -> x * (1 + scale) + shift"""
+    return x * (1.0 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def depth_to_space(x, r):
+    """Pixel shuffle (PyTorch order): (B, C*r*r, H, W) -> (B, C, H*r, W*r)."""
+    B, Crr, H, W = x.shape
+    C = Crr // (r * r)
+    return x.reshape(B, C, r, r, H, W).permute(0, 1, 4, 2, 5, 3).reshape(B, C, H * r, W * r)
+
+
+def space_to_depth(x, r):
+    """Inverse of depth_to_space: (B, C, H*r, W*r) -> (B, C*r*r, H, W)."""
+    B, C, Hr, Wr = x.shape
+    x = x.reshape(B, C, Hr // r, r, Wr // r, r).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(B, C * r * r, Hr // r, Wr // r)
+
+
+def embedding(ids, table):
+    """ids (B,) int -> (B, D) rows of table (N, D)"""
+    ids = ids if isinstance(ids, Tensor) else Tensor(np.asarray(ids, dtype=np.int32), device=table.device)
+    return table[ids]

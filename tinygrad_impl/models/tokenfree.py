@@ -1,0 +1,78 @@
+"""The token-free diffusion transformer in tinygrad: a line-by-line port of numpy_ref/models/tokenfree.py."""
+import numpy as np
+from tinygrad import Tensor
+
+from numpy_ref.configs import check_inputs
+from numpy_ref.models.tokenfree import block_kind, param_shapes  # noqa: F401  (the shared parameter contract)
+from numpy_ref.models import tokenfree as _ref
+from ..layers import (conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate,
+                      multi_head_attention, silu, timestep_embedding)
+from ..weights import to_tensors
+
+# ----------------------------------------------------------------------------
+# Parameters
+# ----------------------------------------------------------------------------
+
+def init_params(cfg, seed=0, device=None):
+    """The same initial values as numpy_ref (drawn there), as Tensors on `device`."""
+    return to_tensors(_ref.init_params(cfg, seed), device)
+
+
+# ----------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------
+
+def conditioning(p, t, y, cfg):
+    """c = MLP(sinusoid(t)) + label_embed(y): t (B,), y (B,) or None -> (B, D)"""
+    temb = timestep_embedding(t, cfg.width).to(p["time_embed.0.weight"].device)     # (B, D)
+    c = linear(silu(linear(temb, p["time_embed.0.weight"], p["time_embed.0.bias"])),
+               p["time_embed.2.weight"], p["time_embed.2.bias"])                    # (B, D)
+    if cfg.num_classes:
+        ids = np.full(c.shape[0], cfg.null_class) if y is None else y
+        c = c + embedding(ids, p["label_embed.weight"])
+    return c
+
+
+def mlp(p, prefix, h, hw, cfg):
+    """fc1 -> [depthwise 3x3 on the (H/S, W/S) map] -> GELU -> fc2: h (B, L, D) -> (B, L, D)"""
+    z = linear(h, p[f"{prefix}.fc1.weight"], p[f"{prefix}.fc1.bias"])              # (B, L, hid)
+    if cfg.pos_conv:
+        B, L, hid = z.shape
+        zmap = z.transpose(1, 2).reshape(B, hid, *hw)                              # (B, hid, H/S, W/S)
+        zmap = conv2d(zmap, p[f"{prefix}.pos_conv.weight"], p[f"{prefix}.pos_conv.bias"], padding=1, groups=hid)
+        z = zmap.reshape(B, hid, L).transpose(1, 2)                                # (B, L, hid)
+    return linear(gelu(z), p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
+
+
+def block(p, prefix, h, c, hw, cfg):
+    """One fixed-size block with adaLN-Zero: h (B, L, D), c (B, D) -> (B, L, D)"""
+    mod = linear(silu(c), p[f"{prefix}.ada.weight"], p[f"{prefix}.ada.bias"])      # (B, 6D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+    h = h + gate1.unsqueeze(1) * multi_head_attention(modulate(layer_norm(h), shift1, scale1), p, f"{prefix}.attn", cfg.heads)
+    h = h + gate2.unsqueeze(1) * mlp(p, f"{prefix}.mlp", modulate(layer_norm(h), shift2, scale2), hw, cfg)
+    return h
+
+
+def forward(params, x, t, y=None, cfg=None):
+    """Predict the noise: x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)."""
+    check_inputs(cfg, x.shape, y)
+    p, S = params, cfg.stride
+    B, C, H, W = x.shape
+    h = conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)           # (B, D, H/S, W/S)
+    hw = h.shape[2:]
+    h = h.reshape(B, cfg.width, -1).transpose(1, 2)                                # (B, L, D)
+    c = conditioning(p, t, y, cfg)                                                 # (B, D)
+    skips = []
+    for i in range(cfg.depth):
+        kind = block_kind(i, cfg)
+        if kind == "out":
+            h = linear(h.cat(skips.pop(), dim=-1),
+                       p[f"blocks.{i}.skip_linear.weight"], p[f"blocks.{i}.skip_linear.bias"])   # (B, L, D)
+        h = block(p, f"blocks.{i}", h, c, hw, cfg)
+        if kind == "in":
+            skips.append(h)
+    shift, scale = linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]).chunk(2, dim=-1)
+    h = linear(modulate(layer_norm(h), shift, scale), p["final.linear.weight"], p["final.linear.bias"])  # (B, L, S*S*C)
+    h = h.transpose(1, 2).reshape(B, S * S * C, *hw)                               # (B, S*S*C, H/S, W/S)
+    h = depth_to_space(h, S)                                                       # (B, C, H, W)
+    return conv2d(h, p["final_conv.weight"], p["final_conv.bias"], padding=1)

@@ -1,0 +1,56 @@
+"""Samplers in tinygrad: a port of numpy_ref/samplers.py. The plan (timesteps and step coefficients)
+and every random draw come from numpy_ref, so a seed gives the same images in both backends."""
+import numpy as np
+from tinygrad import Tensor, TinyJit
+
+from numpy_ref.samplers import SAMPLERS, sampling_plan, timesteps  # noqa: F401  (shared with numpy_ref)
+
+
+def denoise_step(x, eps, coefs, noise=None, clip=True):
+    """One reverse step: x, eps, noise (B, C, H, W) Tensors, coefs (6,) Tensor -> x at the previous timestep.
+    coefs is a Tensor so one jitted step serves every timestep."""
+    s0, s1, a, b, c, sigma = (coefs[i] for i in range(6))
+    x0 = (x - s1 * eps) / s0
+    if clip:
+        x0 = x0.clip(-1.0, 1.0)
+    eps = (x - s0 * x0) / s1
+    out = a * x0 + b * x + c * eps
+    return out if noise is None else out + sigma * noise
+
+
+def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
+    """Classifier-free guidance eps_u + w (eps_c - eps_u) in one batch of 2B.
+    x (B,C,H,W), t (B,) Tensor, y (B,) Tensor or None, guidance a float or a 0-d Tensor."""
+    if y is None:
+        return eps_fn(x, t, y)
+    if null_class is None:
+        raise ValueError("classifier-free guidance needs the null class id (cfg.null_class)")
+    B = x.shape[0]
+    e = eps_fn(x.cat(x), t.cat(t), y.cat(Tensor.full((B,), null_class, dtype=y.dtype, device=y.device)))
+    eps_c, eps_u = e[:B], e[B:]
+    return eps_u + guidance * (eps_c - eps_u)
+
+
+def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=None, guidance=1.0,
+           null_class=None, clip=True, progress=None, device=None, jit=True):
+    """Draw images (B, C, H, W) as a NumPy array; the same draws, in the same order, as numpy_ref.samplers.sample.
+    eps_fn(x, t, y) works on Tensors. With jit, the whole step (model, guidance, update) is one TinyJit."""
+    rng = np.random.default_rng(seed)
+    x = Tensor(rng.standard_normal(shape).astype(np.float32), device=device).realize()
+    plan = sampling_plan(sched, sampler, steps, eta)
+    guided = y is not None and guidance != 1.0
+    y_t = None if y is None else Tensor(np.asarray(y, dtype=np.int32), device=device).realize()
+    w_t = Tensor([float(guidance)], device=device).realize()
+    zeros = np.zeros(shape, np.float32)
+
+    def step(x, t, coefs, noise, y_t, w_t):
+        eps = guided_eps(eps_fn, x, t, y_t, w_t, null_class) if guided else eps_fn(x, t, y_t)
+        return denoise_step(x, eps, coefs, noise, clip).realize()
+
+    step_fn = TinyJit(step) if jit else step
+    for t, coefs in (progress(plan) if progress else plan):
+        noise = rng.standard_normal(shape).astype(np.float32) if coefs[5] > 0 else zeros
+        t_t = Tensor(np.full(shape[0], t, np.float32), device=device)
+        x = step_fn(x, t_t, Tensor(coefs.astype(np.float32), device=device), Tensor(noise, device=device),
+                    y_t, w_t).clone().realize()   # clone: the jit reuses its output buffer
+    return x.numpy()
