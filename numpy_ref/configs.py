@@ -33,6 +33,12 @@ class ModelConfig:
     window: int = 0               # diffit: attention window w (0 = the whole map)
     groups: int = 8               # GroupNorm groups
     prediction: str = "eps"       # what the network predicts: "eps" (the only one the samplers use now)
+    # -- fields of one architecture only (each added under its own marker) --
+    # [uvit fields]
+    # [diffit fields]
+    # [unet fields]
+    # [mobile_unet fields]
+    # [snapgen_unet fields]
 
     def __post_init__(self):
         problems = []
@@ -50,6 +56,11 @@ class ModelConfig:
                 problems.append(f"heads={self.heads} does not divide width={self.width}; pick heads that divide it")
             if self.img_size % self.stride:
                 problems.append(f"img_size={self.img_size} is not divisible by the stem stride {self.stride}")
+        # [uvit checks]
+        # [diffit checks]
+        # [unet checks]
+        # [mobile_unet checks]
+        # [snapgen_unet checks]
         if self.prediction != "eps":
             problems.append(f"prediction={self.prediction!r}: only 'eps' is supported")
         if problems:
