@@ -166,7 +166,7 @@ def timestep_embedding(t, dim, max_period=10000.0):
     args = t[:, None] * freqs[None]
     emb = np.concatenate([np.cos(args), np.sin(args)], axis=-1)
     if dim % 2:
-        emb = np.concatenate([emb, np.zeros_like(emb[:, :1])], axis=-1)
+        emb = np.concatenate([emb, np.zeros((len(t), 1))], axis=-1)
     return emb.astype(np.float32)
 
 
