@@ -58,6 +58,26 @@ class ModelConfig:
                 problems.append(f"img_size={self.img_size} is not divisible by the stem stride {self.stride}")
         # [uvit checks]
         # [diffit checks]
+        if self.arch == "diffit":
+            levels = len(self.channel_mult)
+            if levels < 1 or min(self.channel_mult) < 1:
+                problems.append(f"channel_mult={tuple(self.channel_mult)} needs at least one level, each >= 1")
+            elif self.img_size % 2 ** (levels - 1):
+                problems.append(f"img_size={self.img_size} is not divisible by 2**(levels-1)={2 ** (levels - 1)} "
+                                f"({levels} levels in channel_mult); pick a multiple or fewer levels")
+            else:
+                for level, m in enumerate(self.channel_mult):
+                    C, side = self.channels * m, self.img_size >> level
+                    if C % self.heads:
+                        problems.append(f"heads={self.heads} does not divide the {C} channels of level {level}")
+                    if C % self.groups:
+                        problems.append(f"groups={self.groups} does not divide the {C} channels of level {level}")
+                    if 0 < self.window < side and side % self.window:
+                        problems.append(f"window={self.window} does not divide the {side}x{side} map of level {level}")
+            if self.window < 0:
+                problems.append(f"window={self.window} must be >= 0 (0 = attention over the whole map)")
+            if self.num_res_blocks < 1:
+                problems.append(f"num_res_blocks={self.num_res_blocks} must be >= 1")
         # [unet checks]
         # [mobile_unet checks]
         # [snapgen_unet checks]
@@ -124,6 +144,13 @@ PRESETS = {
     "tokenfree-s": ModelConfig("tokenfree", width=256, depth=13, heads=8, stride=2),
     # --- uvit ---
     # --- diffit ---
+    "diffit-tiny": ModelConfig("diffit", channels=8, channel_mult=(1, 2), num_res_blocks=1, heads=2, window=4,
+                               groups=2, mlp_ratio=2.0, **_TINY),
+    # ~2.3M parameters; 4x4 windows at 32x32 and 16x16, the whole 8x8 map at the bottom; diffit-s ~27M
+    "diffit-xs": ModelConfig("diffit", channels=48, channel_mult=(1, 2, 2), num_res_blocks=2, heads=4, window=4,
+                             groups=8, mlp_ratio=2.0),
+    "diffit-s": ModelConfig("diffit", channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, heads=4, window=8,
+                            groups=32, mlp_ratio=4.0),
     # --- unet ---
     # --- mobile_unet ---
     # --- snapgen_unet ---
