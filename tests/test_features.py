@@ -1,0 +1,157 @@
+"""The feature network: NumPy and tinygrad agree, tinygrad's gradient matches finite differences, files both
+ways with clear errors, and the training CLI learns the built-in dataset at 8x8."""
+import json
+
+import numpy as np
+import pytest
+from tinygrad import Tensor
+
+from numpy_ref import features as NF
+from numpy_ref import weights as W
+from numpy_ref.configs import PRESETS
+from numpy_ref.layers import linear
+from tinygrad_impl import features as TF
+from tinygrad_impl import train_features
+from util import assert_close, random_params
+
+CFG = NF.FeatureConfig(img_size=8, in_channels=3, num_classes=5, width=8)
+
+
+def random_feature_params(cfg, seed=0, dtype=np.float32):
+    """Every tensor random (init_params has unit norm scales and zero biases, which hide mistakes there)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in NF.param_shapes(cfg).items():
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        scale = 1.0 / np.sqrt(fan_in) if len(shape) > 1 else 0.5
+        out[name] = (rng.standard_normal(shape) * scale + (1.0 if name.endswith("norm.weight") else 0.0)).astype(dtype)
+    return out
+
+
+def test_numpy_and_tinygrad_agree():
+    cfg = NF.FeatureConfig(img_size=8, in_channels=1, num_classes=3, width=8)   # 3 channels: the gradient test
+    params = random_feature_params(cfg, seed=1)
+    x = np.random.default_rng(2).uniform(-1, 1, (4, cfg.in_channels, cfg.img_size, cfg.img_size)).astype(np.float32)
+    f_np, l_np = NF.forward(params, x)
+    p_tg = {k: Tensor(v) for k, v in params.items()}
+    f_tg, l_tg = TF.forward(p_tg, Tensor(x))
+    assert f_np.shape == (4, cfg.feature_dim) and l_np.shape == (4, cfg.num_classes)
+    assert np.abs(f_np).max() > 1e-2 and np.abs(l_np).std() > 1e-2
+    assert_close(f_np, f_tg.numpy(), what="features")
+    assert_close(l_np, l_tg.numpy(), what="logits")
+    # the batched helpers (tinygrad pads the last batch to the same shape) give the numbers of one forward
+    x3 = np.concatenate([x, x, x[:2]])
+    f_b, l_b = TF.compute_features(p_tg, x3, batch=4)
+    assert_close(np.concatenate([f_np, f_np, f_np[:2]]), f_b, what="tinygrad compute_features")
+    f_n, _ = NF.compute_features(params, x3, batch=3)
+    np.testing.assert_allclose(f_n, np.concatenate([f_np, f_np, f_np[:2]]), rtol=1e-5, atol=1e-6)
+
+
+def test_init_params_are_the_same_on_both_sides():
+    a, b = NF.init_params(CFG, seed=3), TF.init_params(CFG, seed=3)
+    assert sorted(a) == sorted(b) == sorted(NF.param_shapes(CFG))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k].numpy(), err_msg=k)
+        assert a[k].shape == NF.param_shapes(CFG)[k]
+
+
+def test_gradient_of_the_classification_loss_matches_finite_differences():
+    params64 = random_feature_params(CFG, seed=4, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (4, 3, 8, 8))
+    y = np.array([0, 1, 4, 2])
+
+    def loss(p):   # mean cross-entropy in float64 NumPy
+        _, logits = NF.forward(p, x)
+        z = logits - logits.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(4), y]))
+
+    names = ["blocks.0.conv.weight", "blocks.1.norm.weight", "blocks.3.conv.bias", "head.weight"]
+    p_tg = {k: Tensor(v.astype(np.float32)) for k, v in params64.items()}
+    _, logits = TF.forward(p_tg, Tensor(x.astype(np.float32)))
+    grads = logits.sparse_categorical_crossentropy(Tensor(y.astype(np.int32))).gradient(*[p_tg[k] for k in names])
+    for name, g in zip(names, grads):
+        g = g.numpy()
+        for idx in [tuple(rng.integers(0, s) for s in params64[name].shape) for _ in range(3)]:
+            h = 1e-5
+            plus, minus = dict(params64), dict(params64)
+            plus[name], minus[name] = params64[name].copy(), params64[name].copy()
+            plus[name][idx] += h
+            minus[name][idx] -= h
+            fd = (loss(plus) - loss(minus)) / (2 * h)
+            assert abs(g[idx] - fd) <= 1e-4 + 1e-2 * abs(fd), f"d/d{name}{list(idx)}: tinygrad {g[idx]:.6g}, FD {fd:.6g}"
+
+
+def test_feature_files_both_ways_and_their_errors(tmp_path):
+    params = random_feature_params(CFG, seed=6)
+    path = NF.save_features(tmp_path / "f.safetensors", params, CFG, "shapes", 0.875, {"steps": 3})
+    p_tg, cfg, meta = TF.load_features(path)
+    assert cfg == CFG and meta["dataset"] == "shapes" and meta["test_accuracy"] == 0.875 and meta["steps"] == 3
+    TF.save_features(tmp_path / "g.safetensors", p_tg, cfg, "shapes", 0.5)
+    p_np, _, meta = NF.load_features(tmp_path / "g.safetensors")
+    assert meta["test_accuracy"] == 0.5
+    for k in params:
+        np.testing.assert_array_equal(params[k], p_np[k], err_msg=k)
+    from safetensors import safe_open
+    with safe_open(str(path), "np") as f:
+        md = f.metadata()
+    assert md["kind"] == "features" and json.loads(md["config"])["width"] == 8
+
+    # a diffusion checkpoint where a feature network belongs, a truncated file, a missing one, a bad tensor
+    mcfg = PRESETS["tokenfree-tiny"]
+    W.save_weights(tmp_path / "model.safetensors", random_params(mcfg), mcfg)
+    with pytest.raises(ValueError, match="diffusion model checkpoint; give it as --ckpt"):
+        NF.load_features(tmp_path / "model.safetensors")
+    data = open(path, "rb").read()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        NF.load_features(tmp_path / "trunc.safetensors")
+    with pytest.raises(FileNotFoundError, match="train_features --data"):
+        NF.load_features(tmp_path / "none.safetensors")
+    bad = dict(params, **{"head.weight": np.zeros((2, 2), np.float32)})
+    with pytest.raises(ValueError, match="'head.weight' has shape"):
+        NF.save_features(tmp_path / "bad.safetensors", bad, CFG, "shapes", 0.1)
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_bad_configs_and_images_raise_clear_errors():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        NF.FeatureConfig(width=12)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        NF.FeatureConfig(num_classes=0)
+    NF.check_images(CFG, (5, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"trained on \(3, 8, 8\) images.*--size 16"):
+        NF.check_images(CFG, (5, 3, 16, 16))
+    assert NF.features_path("shapes") == "data/features/shapes.safetensors"
+    assert NF.features_path("shapes", 8) == "data/features/shapes-8.safetensors"
+
+
+def test_random_shift_moves_content_and_keeps_shape():
+    x = np.arange(2 * 1 * 6 * 6, dtype=np.float32).reshape(2, 1, 6, 6)
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(train_features.random_shift(x, rng, 0), x)
+    out = train_features.random_shift(x, np.random.default_rng(1), 2)
+    assert out.shape == x.shape and not np.array_equal(out, x)
+    # every output is a window of the edge-padded input
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="edge")
+    for i in range(2):
+        assert any(np.array_equal(out[i], padded[i, :, a:a + 6, b:b + 6]) for a in range(5) for b in range(5))
+
+
+def test_train_features_cli_learns_the_built_in_shapes(tmp_path, capsys):
+    out = tmp_path / "feat.safetensors"
+    summary = train_features.main(["--data", "shapes", "--size", "8", "--steps", "100", "--batch", "32", "--width", "16",
+                                   "--warmup", "10", "--lr", "5e-3", "--out", str(out)])
+    params, cfg, meta = NF.load_features(out)
+    assert cfg == NF.FeatureConfig(img_size=8, in_channels=3, num_classes=6, width=16)
+    assert meta["dataset"] == "shapes" and meta["steps"] == 100 and meta["class_names"][0] == "circle"
+    # the stored accuracy is what the NumPy forward measures on the test split, and far above chance (1/6)
+    from numpy_ref.data import load_dataset
+    test = load_dataset("shapes", "test", size=8)
+    _, logits = NF.compute_features(params, test.images)
+    assert meta["test_accuracy"] == pytest.approx(float((logits.argmax(1) == test.labels).mean()))
+    assert meta["test_accuracy"] > 0.4, f"test accuracy {meta['test_accuracy']:.3f} after 100 steps"
+    assert summary["test_accuracy"] == meta["test_accuracy"]
+    assert "test accuracy" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--steps must be >= 1"):
+        train_features.main(["--steps", "0", "--out", str(tmp_path / "x.safetensors")])

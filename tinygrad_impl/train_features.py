@@ -1,0 +1,186 @@
+"""Train the feature network (numpy_ref/features.py) on the real training set of a dataset, for evaluation.
+
+    python -m tinygrad_impl.train_features --data fashion-mnist          # -> data/features/fashion-mnist.safetensors
+    python -m tinygrad_impl.train_features --data shapes --size 16 --steps 500
+
+AdamW with linear warm-up and cosine decay, random shifts (2 pixels at 32x32), one TinyJit step. The test
+accuracy (on the test split) is printed and stored in the file's metadata; tinygrad_impl.evaluate reads
+the file with NumPy. Every batch of step k comes from np.random.default_rng([seed, k]).
+"""
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+from tinygrad import Context, Device, Tensor, TinyJit
+
+from numpy_ref.data import DATASETS, load_dataset
+from . import features as F
+
+DEFAULTS = dict(steps=2000, batch=128, lr=2e-3, warmup=100, weight_decay=5e-4, width=32, seed=0)
+BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+# ----------------------------------------------------------------------------
+# Batches and the optimiser
+# ----------------------------------------------------------------------------
+
+def lr_at(step, lr, warmup, steps):
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def random_shift(x, rng, shift=2):
+    """Translate each image (B, C, H, W) by up to `shift` pixels in x and y, repeating the edge pixels."""
+    if shift <= 0:
+        return x
+    B, C, H, W = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge")
+    dy, dx = rng.integers(0, 2 * shift + 1, (2, B))
+    return np.stack([padded[i, :, dy[i]:dy[i] + H, dx[i]:dx[i] + W] for i in range(B)])
+
+
+def batch_at(step, seed, ds, batch, shift):
+    """(x (B, C, H, W), y (B,)) of training step `step`, from default_rng([seed, step])."""
+    rng = np.random.default_rng([seed, step])
+    idx = rng.integers(0, len(ds), batch)
+    return random_shift(ds.images[idx], rng, shift), ds.labels[idx]
+
+
+def make_train_step(params, weight_decay=0.0):
+    """step(x, y, lr, bc1, bc2) -> (loss, accuracy): one AdamW update of params in place (a TinyJit).
+    lr and the Adam bias corrections come in as (1,) Tensors so one JIT serves every step."""
+    names = list(params)
+    ps = [params[k] for k in names]
+    m = [Tensor.zeros(*p.shape, device=p.device).contiguous().realize() for p in ps]
+    v = [Tensor.zeros(*p.shape, device=p.device).contiguous().realize() for p in ps]
+    b1, b2 = BETAS
+
+    @TinyJit
+    def step(x, y, lr, bc1, bc2):
+        _, logits = F.forward(params, x)                                         # (B, K)
+        loss = logits.sparse_categorical_crossentropy(y)
+        acc = (logits.argmax(-1) == y).float().mean()
+        grads = loss.gradient(*ps)
+        for p, g, mi, vi in zip(ps, grads, m, v):
+            mi.assign(b1 * mi + (1 - b1) * g)
+            vi.assign(b2 * vi + (1 - b2) * g.square())
+            update = (mi / bc1) / ((vi / bc2).sqrt() + ADAM_EPS)
+            if weight_decay and p.ndim >= 2:   # decoupled decay on kernels and the head, not on biases or norms
+                update = update + weight_decay * p
+            p.assign(p - lr * update)
+        Tensor.realize(loss, acc, *ps, *m, *v)
+        return loss, acc
+
+    return step
+
+
+def accuracy(params, images, labels, batch=256):
+    """Fraction of images (N, C, H, W) the network labels correctly, measured by the NumPy forward: the code
+    that evaluation runs (and faster here than an unjitted tinygrad graph per batch)."""
+    from numpy_ref.features import compute_features
+    _, logits = compute_features({k: v.numpy() for k, v in params.items()}, images, batch)
+    return float((logits.argmax(1) == labels).mean())
+
+
+# ----------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------
+
+def train(args):
+    """Train and save a feature network as set by the parsed CLI args. Returns a summary dict."""
+    from tqdm import tqdm
+    check_args(args)
+    device = args.device
+    ds = load_dataset(args.data, "train", root=args.data_root, download=args.download, size=args.size)
+    test = load_dataset(args.data, "test", root=args.data_root, download=args.download, size=args.size)
+    if ds.num_classes < 2:
+        raise ValueError(f"{args.data} has no class labels: the feature network is a classifier and needs a "
+                         "labelled training set (a folder with one sub-folder per class)")
+    C, H, W = ds.shape
+    if args.shift is None:
+        args.shift = round(H / 16)   # a shift of 2 px at 8x8 moves a quarter of the image: too much to learn from
+    cfg = F.FeatureConfig(img_size=H, in_channels=C, num_classes=ds.num_classes, width=args.width)
+    out = args.out or F.features_path(args.data, H)
+    params = F.init_params(cfg, args.seed, device)
+    n_params = sum(int(np.prod(p.shape)) for p in params.values())
+    print(f"feature network ({n_params / 1e3:.0f}k params, {cfg.feature_dim} features) on {ds.name} "
+          f"({len(ds)} train / {len(test)} test images {C}x{H}x{W}, {ds.num_classes} classes), batch {args.batch}, "
+          f"{args.steps} steps, device {device or Device.DEFAULT}", flush=True)
+    step_fn = make_train_step(params, args.weight_decay)
+    losses, accs, t0 = [], [], time.perf_counter()
+    bar = tqdm(range(args.steps), unit="step", dynamic_ncols=True, mininterval=1.0)
+    for step in bar:
+        x, y = batch_at(step, args.seed, ds, args.batch, args.shift)
+        with Context(TRAINING=1):
+            loss, acc = step_fn(Tensor(x, device=device), Tensor(y.astype(np.int32), device=device),
+                                Tensor([lr_at(step, args.lr, args.warmup, args.steps)], device=device),
+                                Tensor([1 - BETAS[0] ** (step + 1)], device=device),
+                                Tensor([1 - BETAS[1] ** (step + 1)], device=device))
+        losses.append(float(loss.item()))
+        accs.append(float(acc.item()))
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"loss is {losses[-1]} at step {step + 1}: lower --lr")
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", acc=f"{np.mean(accs[-50:]):.3f}")
+    bar.close()
+    train_time = time.perf_counter() - t0
+    test_acc = accuracy(params, test.images, test.labels)
+    meta = dict(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, shift=args.shift,
+                train_loss=float(np.mean(losses[-50:])), train_accuracy=float(np.mean(accs[-50:])),
+                class_names=list(ds.class_names), train_time=round(train_time, 1))
+    F.save_features(out, params, cfg, args.data, test_acc, meta)
+    print(f"test accuracy {test_acc:.4f} ({len(test)} {args.data} test images), train loss {meta['train_loss']:.4f}, "
+          f"{args.steps / max(train_time, 1e-9):.1f} steps/s\nwrote {out}")
+    return dict(meta, test_accuracy=test_acc, out=out)
+
+
+# ----------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m tinygrad_impl.train_features", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = DEFAULTS
+    p.add_argument("--data", default="shapes", help=f"dataset: {', '.join(DATASETS)}")
+    p.add_argument("--size", type=int, default=None, help="image size of shapes / folder: data (default 32)")
+    p.add_argument("--data-root", default="data", help="where real datasets are looked for and downloaded")
+    p.add_argument("--download", action="store_true", help="download a missing dataset (checks its MD5)")
+    p.add_argument("--steps", type=int, default=d["steps"], help="training steps")
+    p.add_argument("--batch", type=int, default=d["batch"], help="batch size")
+    p.add_argument("--lr", type=float, default=d["lr"], help="peak AdamW learning rate")
+    p.add_argument("--warmup", type=int, default=d["warmup"], help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW decoupled weight decay")
+    p.add_argument("--width", type=int, default=d["width"], help="channels of the first conv (features: 4x this)")
+    p.add_argument("--shift", type=int, default=None, help="random translation of up to this many pixels "
+                                                         "(default: 1/16 of the image side, 2 at 32x32, 0 at 8x8)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the init and of every batch")
+    p.add_argument("--out", default=None, help="file to write (default data/features/<data>.safetensors, "
+                                               "<data>-<size> for sizes other than 32)")
+    p.add_argument("--device", default=None, help="tinygrad device, e.g. CPU, CL, CUDA, METAL (default: DEV or tinygrad's pick)")
+    return p
+
+
+def check_args(args):
+    problems = [f"--{k} must be >= 1" for k in ("steps", "batch", "width") if getattr(args, k) < 1]
+    problems += [f"--{k.replace('_', '-')} must be >= 0" for k in ("warmup", "weight_decay") if getattr(args, k) < 0]
+    if args.shift is not None and args.shift < 0:
+        problems.append("--shift must be >= 0")
+    if args.lr <= 0:
+        problems.append("--lr must be > 0")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return train(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
