@@ -35,6 +35,8 @@ class ModelConfig:
     prediction: str = "eps"       # what the network predicts: "eps" (the only one the samplers use now)
     # -- fields of one architecture only (each added under its own marker) --
     # [uvit fields]
+    mlp_time_embed: bool = False  # uvit: time token = Linear(D,4D)-SiLU-Linear(4D,D) of the sinusoid (official option, off in every official config)
+    final_conv: bool = True       # uvit: the 3x3 Conv2d(C, C) after unpatchify (official `conv`; off in the latent ImageNet-256/512 models)
     # [diffit fields]
     # [unet fields]
     # [mobile_unet fields]
@@ -143,6 +145,12 @@ PRESETS = {
     "tokenfree-xs": ModelConfig("tokenfree", width=96, depth=7, heads=4, stride=4),
     "tokenfree-s": ModelConfig("tokenfree", width=256, depth=13, heads=8, stride=2),
     # --- uvit ---
+    # depth is the official `depth`: depth//2 in_blocks + mid_block + depth//2 out_blocks (12 -> 13 blocks)
+    "uvit-tiny": ModelConfig("uvit", width=16, depth=3, heads=2, stride=2, **_TINY),
+    # the same 8x8 token grid as tokenfree-xs (patch 4 at 32x32), 9 blocks, ~1.9M parameters
+    "uvit-xs": ModelConfig("uvit", width=128, depth=8, heads=4, stride=4),
+    # the official CIFAR-10 U-ViT-S (configs/cifar10_uvit.py): D=512, 13 blocks, patch 2, ~44M parameters
+    "uvit-s": ModelConfig("uvit", width=512, depth=12, heads=8, stride=2),
     # --- diffit ---
     "diffit-tiny": ModelConfig("diffit", channels=8, channel_mult=(1, 2), num_res_blocks=1, heads=2, window=4,
                                groups=2, mlp_ratio=2.0, **_TINY),
