@@ -155,3 +155,72 @@ def test_train_features_cli_learns_the_built_in_shapes(tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--steps must be >= 1"):
         train_features.main(["--steps", "0", "--out", str(tmp_path / "x.safetensors")])
+
+
+# ----------------------------------------------------------------------------
+# The evaluation CLI on a tiny checkpoint
+# ----------------------------------------------------------------------------
+
+def tiny_checkpoint_and_features(tmp_path):
+    """A tokenfree-tiny model (8x8x3, the 6 classes of shapes) with random weights and a random EMA copy, and a
+    feature network for 8x8 shapes made here (untrained: the test is about the plumbing, not its quality)."""
+    from dataclasses import replace
+    cfg = replace(PRESETS["tokenfree-tiny"], num_classes=6)
+    ckpt = W.save_weights(tmp_path / "ckpt.safetensors", random_params(cfg, 1), cfg,
+                          {"data": "shapes", "schedule": "linear", "T": 1000, "step": 5, "preset": "tokenfree-tiny"},
+                          ema=random_params(cfg, 2))
+    fcfg = NF.FeatureConfig(img_size=8, in_channels=3, num_classes=6, width=8)
+    feats = NF.save_features(tmp_path / "feat.safetensors", random_feature_params(fcfg, 3), fcfg, "shapes", 0.25)
+    return str(ckpt), str(feats)
+
+
+def test_evaluate_cli_on_a_tiny_checkpoint_both_backends(tmp_path, capsys):
+    from tinygrad_impl import evaluate
+    ckpt, feats = tiny_checkpoint_and_features(tmp_path)
+    common = ["--ckpt", ckpt, "--features", feats, "--n", "12", "--batch", "8", "--steps", "2", "--ref-n", "60",
+              "--kid-subsets", "4", "--seed", "1"]
+    res_tg = evaluate.main(common + ["--json", str(tmp_path / "tg.json")])
+    table = capsys.readouterr().out
+    res_np = evaluate.main(common + ["--numpy"])
+    assert json.load(open(tmp_path / "tg.json")) == json.loads(json.dumps(res_tg))
+    info = res_tg["info"]
+    assert (info["n"], info["sampler"], info["steps"], info["weights"], info["data"]) == (12, "ddim", 2, "EMA", "shapes")
+    for text in ("12 samples: ddim 2 steps", "EMA weights", "| samples (EMA) | 12 |", "| real test (floor) | 12 |",
+                 "| Gaussian noise (ceiling) | 12 |", "test accuracy 0.2500", "60 real train images"):
+        assert text in table, f"{text!r} missing from:\n{table}"
+    samples, test, noise = res_tg["rows"]
+    # the same seed draws the same images in both backends (2 batches, the second filled up to 8 and cut)
+    for a, b in zip(res_tg["rows"], res_np["rows"]):
+        for key in ("fd", "kid", "precision", "recall", "class_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (a["set"], key)
+    # calibration: real test images sit much closer to the real train set than noise does
+    assert test["fd"] < 0.5 * noise["fd"]
+    assert noise["class_acc"] is None and samples["class_acc"] is not None
+    # the test row's class accuracy is the classifier's accuracy on those images, measured independently
+    _, test_imgs, test_labels = evaluate.real_sets("shapes", W.read_file(ckpt)[1], n=12, ref_n=60, seed=1)
+    params, _, _ = NF.load_features(feats)
+    _, logits = NF.compute_features(params, test_imgs)
+    assert test["class_acc"] == pytest.approx(float((logits.argmax(1) == test_labels).mean()))
+    # raw weights differ from the EMA copy
+    res_raw = evaluate.main(common + ["--numpy", "--raw"])
+    assert res_raw["info"]["weights"] == "raw" and res_raw["rows"][0]["fd"] != pytest.approx(samples["fd"])
+
+
+def test_evaluate_cli_explains_what_is_missing(tmp_path):
+    from tinygrad_impl import evaluate
+    ckpt, feats = tiny_checkpoint_and_features(tmp_path)
+    base = ["--ckpt", ckpt, "--n", "12", "--numpy"]
+    with pytest.raises(SystemExit, match="train_features --data shapes --size 8 --out"):
+        evaluate.main(base + ["--features", str(tmp_path / "none.safetensors")])
+    fcfg = NF.FeatureConfig(img_size=16, in_channels=3, num_classes=6, width=8)
+    NF.save_features(tmp_path / "f16.safetensors", NF.init_params(fcfg), fcfg, "shapes", 0.5)
+    with pytest.raises(SystemExit, match=r"trained on \(3, 16, 16\) images"):
+        evaluate.main(base + ["--features", str(tmp_path / "f16.safetensors")])
+    fcfg = NF.FeatureConfig(img_size=8, in_channels=3, num_classes=10, width=8)
+    NF.save_features(tmp_path / "fm.safetensors", NF.init_params(fcfg), fcfg, "mnist", 0.5)
+    with pytest.raises(SystemExit, match="trained on mnist, the checkpoint on shapes"):
+        evaluate.main(base + ["--features", str(tmp_path / "fm.safetensors")])
+    with pytest.raises(SystemExit, match="give it as --ckpt"):
+        evaluate.main(base + ["--features", ckpt])
+    with pytest.raises(SystemExit, match="--n 3 is too few"):
+        evaluate.main(["--ckpt", ckpt, "--features", feats, "--n", "3"])
