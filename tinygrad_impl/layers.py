@@ -62,7 +62,8 @@ def gelu(x, approximate="erf"):
     """GELU; approximate="erf" is the exact form (U-ViT), "tanh" the GPT-2/DiT approximation."""
     if approximate not in ("erf", "tanh"):
         raise ValueError(f"gelu: approximate must be 'erf' or 'tanh', got {approximate!r}")
-    return x.gelu(approximate="none" if approximate == "erf" else "tanh")
+    # materialized in both passes: otherwise every weight-gradient reduction downstream recomputes erf/tanh per term
+    return x.contiguous_backward().gelu(approximate="none" if approximate == "erf" else "tanh").contiguous()
 
 
 def sigmoid(x):
@@ -88,7 +89,10 @@ def attention(q, k, v, bias=None):
     logits = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))   # (B, h, Lq, Lk)
     if bias is not None:
         logits = logits + bias
-    return softmax(logits.contiguous(), -1) @ v                          # (B, h, Lq, d)
+    # logits, probabilities and both their gradients are materialized once: otherwise the softmax (exp) is
+    # recomputed inside the P @ V matmul and inside the gradient reductions of q, k and v
+    probs = softmax(logits.contiguous_backward().contiguous(), -1).contiguous().contiguous_backward()
+    return probs @ v                                                      # (B, h, Lq, d)
 
 
 def split_heads(x, heads):

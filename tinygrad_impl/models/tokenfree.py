@@ -39,8 +39,8 @@ def mlp(p, prefix, h, hw, cfg):
     if cfg.pos_conv:
         B, L, hid = z.shape
         zmap = z.transpose(1, 2).reshape(B, hid, *hw)                              # (B, hid, H/S, W/S)
-        zmap = conv2d(zmap, p[f"{prefix}.pos_conv.weight"], p[f"{prefix}.pos_conv.bias"], padding=1, groups=hid)
-        z = zmap.reshape(B, hid, L).transpose(1, 2)                                # (B, L, hid)
+        zmap = conv2d(zmap.contiguous().contiguous_backward(), p[f"{prefix}.pos_conv.weight"], p[f"{prefix}.pos_conv.bias"], padding=1, groups=hid)
+        z = zmap.reshape(B, hid, L).transpose(1, 2).contiguous().contiguous_backward()   # (B, L, hid)
     return linear(gelu(z), p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
 
 
