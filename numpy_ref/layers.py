@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+MACS = [0]   # multiply-accumulates done by linear, conv2d and attention since the last reset (tinygrad_impl.report)
+
 # ----------------------------------------------------------------------------
 # Dense and convolution
 # ----------------------------------------------------------------------------
@@ -15,6 +17,7 @@ import numpy as np
 def linear(x, w, b=None):
     """x (..., in) @ w.T (in, out) + b -> (..., out)"""
     y = x @ w.T
+    MACS[0] += y.size * w.shape[1]
     return y if b is None else y + b
 
 
@@ -44,6 +47,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
         wg = w.reshape(groups, Cout // groups, Cg, kh, kw)
         y = np.einsum("gocij,bgcijhw->bgohw", wg, cols, optimize=True).reshape(B, Cout, Ho, Wo)
     y = np.ascontiguousarray(y)
+    MACS[0] += y.size * Cg * kh * kw
     return y if b is None else y + b[None, :, None, None]
 
 
@@ -128,6 +132,7 @@ def softmax(x, axis=-1):
 def attention(q, k, v, bias=None):
     """Scaled dot-product attention. q (B, h, Lq, d), k/v (B, h or 1, Lk, d), bias broadcast to (B, h, Lq, Lk)."""
     logits = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))   # (B, h, Lq, Lk)
+    MACS[0] += 2 * logits.size * q.shape[-1]                              # q k^T and p v
     if bias is not None:
         logits = logits + bias
     return softmax(logits, -1) @ v                                       # (B, h, Lq, d)

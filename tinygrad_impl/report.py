@@ -1,0 +1,128 @@
+"""Architecture report: parameters, MACs, distinct tinygrad kernels, compile time and memory per preset.
+
+    python -m tinygrad_impl.report                         # every *-xs preset at 32x32x3, 10 classes
+    python -m tinygrad_impl.report --presets tokenfree-xs uvit-xs --img-size 32 --batch 8
+
+Each preset is measured in a fresh subprocess with tinygrad's kernel disk cache off, so the kernel
+counts and compile times are those of a first run. "distinct kernels" is the number of different
+programs tinygrad compiled; "launches" is how many kernels one call ran. A model built from one
+reused fixed-size block compiles few distinct kernels for many launches (the seed paper's claim).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def measure(preset, img_size, channels, num_classes, batch):
+    """Measure one preset in this process; returns a dict of numbers."""
+    from tinygrad import Context, GlobalCounters, Tensor, TinyJit, nn
+    from tinygrad.engine import realize
+
+    import numpy_ref.layers as L
+    from numpy_ref.configs import get_config
+    from numpy_ref.models import get_model as np_model
+    from tinygrad_impl.models import get_model as tg_model
+
+    cfg = get_config(preset, img_size=img_size, in_channels=channels, num_classes=num_classes)
+    ref, model = np_model(cfg.arch), tg_model(cfg.arch)
+    params_np = ref.init_params(cfg, 0)
+    n_params = int(sum(v.size for v in params_np.values()))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (1, channels, img_size, img_size)).astype(np.float32)
+    y = np.zeros(1, np.int64) if num_classes else None
+    L.MACS[0] = 0
+    ref.forward(params_np, x, np.array([500]), y, cfg)
+    macs = L.MACS[0]
+
+    p = model.init_params(cfg, 0)
+    xb = Tensor(rng.uniform(-1, 1, (batch, channels, img_size, img_size)).astype(np.float32))
+    tb = Tensor(rng.integers(0, 1000, batch).astype(np.float32))
+    yb = Tensor(rng.integers(0, num_classes, batch).astype(np.int32)) if num_classes else None
+    noise = Tensor(rng.standard_normal((batch, channels, img_size, img_size)).astype(np.float32))
+
+    def counted(fn):
+        before, GlobalCounters.kernel_count = len(realize.runtime_cache), 0
+        st = time.perf_counter()
+        fn()
+        return len(realize.runtime_cache) - before, GlobalCounters.kernel_count, time.perf_counter() - st
+
+    fwd_kernels, fwd_launches, fwd_compile = counted(lambda: model.forward(p, xb, tb, yb, cfg).realize())
+    fwd_time = counted(lambda: model.forward(p, xb, tb, yb, cfg).realize())[2]
+
+    opt = nn.optim.AdamW(list(p.values()), lr=1e-4)
+
+    @TinyJit
+    def train_step(x, t, y, n):
+        with Context(TRAINING=1):
+            opt.zero_grad()
+            loss = ((model.forward(p, x, t, y, cfg) - n) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss.realize()
+
+    step_kernels, step_launches, step_compile = counted(lambda: train_step(xb, tb, yb, noise).item())
+    counted(lambda: train_step(xb, tb, yb, noise).item())                 # the JIT captures on its second call
+    step_time = min(counted(lambda: train_step(xb, tb, yb, noise).item())[2] for _ in range(2))
+    return dict(preset=preset, arch=cfg.arch, params=n_params, macs=macs,
+                fwd_kernels=fwd_kernels, fwd_launches=fwd_launches, fwd_compile_s=fwd_compile, fwd_s=fwd_time,
+                step_kernels=step_kernels, step_launches=step_launches, step_compile_s=step_compile, step_s=step_time,
+                tinygrad_mb=GlobalCounters.mem_used / 2**20,
+                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def format_table(rows, batch):
+    head = ["preset", "params", "MACs/img", "fwd kernels (distinct/launched)", "fwd compile s",
+            "train-step kernels (distinct/launched)", "step compile s", f"step s (B={batch})", "tinygrad MB", "peak RSS MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["preset"], f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e6:.1f}M",
+            f"{r['fwd_kernels']}/{r['fwd_launches']}", f"{r['fwd_compile_s']:.1f}",
+            f"{r['step_kernels']}/{r['step_launches']}", f"{r['step_compile_s']:.1f}", f"{r['step_s']:.2f}",
+            f"{r['tinygrad_mb']:.0f}", f"{r['peak_rss_mb']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    from numpy_ref.configs import PRESETS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=sorted(n for n in PRESETS if n.endswith("-xs")))
+    ap.add_argument("--img-size", type=int, default=32)
+    ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=8, help="batch of the forward and training step (default 8)")
+    ap.add_argument("--device", default=None, help="tinygrad device (CPU, CL, CUDA, METAL); default: DEV or CPU")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)   # internal: measure one preset, print JSON
+    args = ap.parse_args(argv)
+    unknown = [p for p in args.presets if p not in PRESETS]
+    if unknown:
+        ap.error(f"unknown presets {unknown}; choose from {', '.join(sorted(PRESETS))}")
+    if args.one:
+        print(json.dumps(measure(args.presets[0], args.img_size, args.channels, args.num_classes, args.batch)))
+        return
+    env = dict(os.environ, CACHELEVEL="0", DEV=args.device or os.environ.get("DEV", "CPU"))
+    rows = []
+    for preset in args.presets:
+        print(f"measuring {preset} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, "-m", "tinygrad_impl.report", "--one", "--presets", preset, "--img-size", str(args.img_size),
+               "--channels", str(args.channels), "--num-classes", str(args.num_classes), "--batch", str(args.batch)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if out.returncode:
+            print(f"{preset} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{args.img_size}x{args.img_size}x{args.channels}, {args.num_classes} classes, batch {args.batch}, "
+          f"device {env['DEV']}, {os.cpu_count()} cores; MACs counted by numpy_ref (linear, conv, attention) per image")
+    print(format_table(rows, args.batch))
+    if len(rows) < len(args.presets):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
