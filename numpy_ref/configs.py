@@ -40,7 +40,9 @@ class ModelConfig:
     # [diffit fields]
     # [unet fields]
     # [mobile_unet fields]
+    separable_from: int = 1       # mobile_unet: ResBlocks at levels >= this (and the middle) use depthwise-separable convs
     # [snapgen_unet fields]
+    conv_expansion: int = 2       # snapgen_unet: hidden width of the ResBlocks' separable convs = conv_expansion * input channels
 
     def __post_init__(self):
         problems = []
@@ -81,8 +83,38 @@ class ModelConfig:
             if self.num_res_blocks < 1:
                 problems.append(f"num_res_blocks={self.num_res_blocks} must be >= 1")
         # [unet checks]
+        # the whole U-Net family (unet, mobile_unet, snapgen_unet) shares these
+        if self.arch in ("unet", "mobile_unet", "snapgen_unet"):
+            levels = len(self.channel_mult)
+            if levels < 1 or min(self.channel_mult) < 1:
+                problems.append(f"channel_mult={tuple(self.channel_mult)} needs at least one level, each >= 1")
+            else:
+                if self.img_size % 2 ** (levels - 1):
+                    problems.append(f"img_size={self.img_size} is not divisible by 2**(levels-1)={2 ** (levels - 1)} "
+                                    f"({levels} levels in channel_mult); pick a multiple or fewer levels")
+                for level, m in enumerate(self.channel_mult):
+                    if (self.channels * m) % self.groups:
+                        problems.append(f"groups={self.groups} does not divide the {self.channels * m} channels of level {level}")
+                for level in self.attn_levels:
+                    if not 0 <= level < levels:
+                        problems.append(f"attn_levels has level {level}, but channel_mult has levels 0..{levels - 1}")
+                    elif (self.channels * self.channel_mult[level]) % self.heads:
+                        problems.append(f"heads={self.heads} does not divide the "
+                                        f"{self.channels * self.channel_mult[level]} channels of attention level {level}")
+            if self.num_res_blocks < 1:
+                problems.append(f"num_res_blocks={self.num_res_blocks} must be >= 1")
+            if self.arch != "unet" and tuple(self.attn_levels) != (levels - 1,):
+                problems.append(f"{self.arch} has attention only at the lowest resolution: attn_levels must be "
+                                f"({levels - 1},) for {levels} levels, got {tuple(self.attn_levels)}")
+            if self.arch != "unet" and levels < 2:
+                problems.append(f"{self.arch} needs at least 2 levels in channel_mult (attention at the lowest, none at the top)")
         # [mobile_unet checks]
+        if self.arch == "mobile_unet" and not 1 <= self.separable_from <= len(self.channel_mult) - 1:
+            problems.append(f"separable_from={self.separable_from} must be in 1..{len(self.channel_mult) - 1}: "
+                            "the top level keeps full convs, the lowest level and the middle are separable")
         # [snapgen_unet checks]
+        if self.arch == "snapgen_unet" and self.conv_expansion < 1:
+            problems.append(f"conv_expansion={self.conv_expansion} must be >= 1")
         if self.prediction != "eps":
             problems.append(f"prediction={self.prediction!r}: only 'eps' is supported")
         if problems:
@@ -160,8 +192,29 @@ PRESETS = {
     "diffit-s": ModelConfig("diffit", channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, heads=4, window=8,
                             groups=32, mlp_ratio=4.0),
     # --- unet ---
+    "unet-tiny": ModelConfig("unet", channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), heads=2,
+                             groups=2, **_TINY),
+    # ~1.6M parameters, like tokenfree-xs; unet-s is the DDPM CIFAR-10 model (35.7M there, 35.5M here)
+    "unet-xs": ModelConfig("unet", channels=32, channel_mult=(1, 2, 2), num_res_blocks=2, attn_levels=(2,), heads=4,
+                           groups=8),
+    "unet-s": ModelConfig("unet", channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attn_levels=(1,), heads=4,
+                          groups=32),
     # --- mobile_unet ---
+    "mobile_unet-tiny": ModelConfig("mobile_unet", channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,),
+                                    heads=2, groups=2, separable_from=1, **_TINY),
+    # ~1.5M parameters (unet-xs ~1.6M); transformer blocks only at 8x8, separable convs at 16x16 and 8x8
+    "mobile_unet-xs": ModelConfig("mobile_unet", channels=32, channel_mult=(1, 2, 3), num_res_blocks=2, attn_levels=(2,),
+                                  heads=4, groups=8, separable_from=1),
+    "mobile_unet-s": ModelConfig("mobile_unet", channels=128, channel_mult=(1, 2, 2, 3), num_res_blocks=2,
+                                 attn_levels=(3,), heads=8, groups=32, separable_from=2),
     # --- snapgen_unet ---
+    "snapgen_unet-tiny": ModelConfig("snapgen_unet", channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,),
+                                     heads=2, groups=2, mlp_ratio=3.0, conv_expansion=2, **_TINY),
+    # ~2.1M parameters; the same level plan as mobile_unet-xs
+    "snapgen_unet-xs": ModelConfig("snapgen_unet", channels=32, channel_mult=(1, 2, 3), num_res_blocks=2,
+                                   attn_levels=(2,), heads=4, groups=8, mlp_ratio=3.0, conv_expansion=2),
+    "snapgen_unet-s": ModelConfig("snapgen_unet", channels=128, channel_mult=(1, 2, 2, 3), num_res_blocks=2,
+                                  attn_levels=(3,), heads=8, groups=32, mlp_ratio=3.0, conv_expansion=2),
 }
 
 
