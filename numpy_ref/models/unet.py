@@ -31,7 +31,8 @@ def channels_at(cfg, level):
 def layout(cfg):
     """The U-Net as a list of Ops in forward order (input conv and output head excluded)."""
     n, ops = len(cfg.channel_mult), []
-    ch, skip_ch = cfg.channels, [cfg.channels]          # the input conv's output is the first skip
+    ch = channels_at(cfg, 0)
+    skip_ch = [ch]                                      # the input conv's output is the first skip
     for l in range(n):
         for i in range(cfg.num_res_blocks):
             has_attn = l in cfg.attn_levels
@@ -44,9 +45,8 @@ def layout(cfg):
             ops.append(Op("down", f"down.{l}.downsample", ch, ch, l, False, True))
             skip_ch.append(ch)
     # the middle has attention only where the lowest level has it, so attn_levels says exactly where attention is
-    mid_attn = n - 1 in cfg.attn_levels
     ops.append(Op("res", "mid.res.0", ch, ch, n - 1, False, False))
-    if mid_attn:
+    if n - 1 in cfg.attn_levels:
         ops.append(Op("attn", "mid.attn", ch, ch, n - 1, False, False))
     ops.append(Op("res", "mid.res.1", ch, ch, n - 1, False, False))
     for l in reversed(range(n)):
@@ -91,8 +91,8 @@ def attn_block_shapes(prefix, ch, cfg):
 def unet_shapes(cfg, conv_shapes_at, attn_shapes):
     """name -> shape for the U-Net of `layout(cfg)`; the architecture gives conv_shapes_at(level), the shapes
     function of its ResBlock convs at a level, and attn_shapes(prefix, ch, cfg) of its attention block."""
-    ch0, E, C = cfg.channels, 4 * cfg.channels, cfg.in_channels
-    shapes = {"time_embed.0.weight": (E, ch0), "time_embed.0.bias": (E,),
+    ch0, E, C = channels_at(cfg, 0), 4 * cfg.channels, cfg.in_channels
+    shapes = {"time_embed.0.weight": (E, cfg.channels), "time_embed.0.bias": (E,),
               "time_embed.2.weight": (E, E), "time_embed.2.bias": (E,)}
     if cfg.num_classes:
         shapes["label_embed.weight"] = (cfg.num_classes + 1, E)    # last row: the null class
