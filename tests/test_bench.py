@@ -1,0 +1,83 @@
+"""The benchmark: it runs without PyTorch, reports what it measured, and its PyTorch mirror computes what
+numpy_ref computes (which is what makes the comparison fair)."""
+import math
+
+import numpy as np
+import pytest
+
+from numpy_ref.configs import get_config
+from numpy_ref.models import get_model as np_model
+from tinygrad_impl import bench
+from util import assert_close, random_inputs, random_params
+
+TORCH = bench.have_torch()
+needs_torch = pytest.mark.skipif(not TORCH, reason="PyTorch not installed (pip install -e '.[bench]')")
+
+
+def test_benchmark_runs_without_torch_and_reports_tinygrad_and_numpy():
+    lines = []
+    # a 2-block tokenfree (one skip) keeps the compile short; the code path is the one of the real presets
+    res = bench.run_benchmark(["tokenfree-tiny"], batch=2, warmup=3, steps=2, sample_batch=2, sample_steps=3,
+                              img_size=8, use_torch=False, print_fn=lines.append, depth=2)
+    out = "\n".join(lines)
+    r = res["tokenfree-tiny"]
+    assert set(r["train"]) == {"tinygrad"} and set(r["sample"]) == {"numpy", "tinygrad"}
+    tg = r["train"]["tinygrad"]
+    assert len(tg["times"]) == 2 and 0 < tg["median_s"] < tg["warmup_s"]   # the warm-up holds the compile
+    assert all(math.isfinite(v) for v in tg["losses"]) and len(tg["losses"]) == 5
+    for backend, s in r["sample"].items():
+        assert s["images"].shape == (2, 3, 8, 8) and s["samples_per_s"] > 0 and s["peak_mib"] > 10, backend
+    # the same seed and weights give the same images in both backends
+    assert r["sample"]["tinygrad"]["max_diff_vs_numpy"] < 1e-3
+    assert "tinygrad" in out and "numpy" in out and "PyTorch not installed" in out and "ratio" not in out
+
+
+def test_first_loss_is_the_numpy_loss():
+    """Step 0 of the tinygrad trainer sees the initial weights: its loss is the NumPy forward's MSE."""
+    cfg = get_config("tokenfree-tiny", depth=2, num_classes=bench.NUM_CLASSES)
+    params = bench.randomize_output_layers(np_model(cfg.arch).init_params(cfg, 0), cfg)
+    b = bench.bench_batches(cfg, 2, 1)[0]
+    xt, t, noise, y = b
+    ref = float(np.mean((np_model(cfg.arch).forward(params, xt, t, y, cfg) - noise) ** 2))
+    assert abs(bench.tinygrad_trainer(cfg, params)(b) - ref) < 1e-5 * max(1.0, ref)
+    if TORCH:
+        assert abs(bench.torch_trainer(cfg, params)(b) - ref) < 1e-5 * max(1.0, ref)
+
+
+def test_randomize_output_layers_fills_only_zero_matrices():
+    cfg = get_config("tokenfree-tiny")
+    p0 = np_model(cfg.arch).init_params(cfg, 0)
+    p1 = bench.randomize_output_layers(p0, cfg)
+    assert p1["final.linear.weight"].any() and not p0["final.linear.weight"].any()
+    assert (p1["stem.weight"] == p0["stem.weight"]).all() and not p1["stem.bias"].any()
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["tokenfree-tiny", "uvit-tiny"])
+@pytest.mark.parametrize("labels", [True, False])
+def test_torch_mirror_matches_numpy_ref(name, labels):
+    cfg = get_config(name)
+    params = random_params(cfg, seed=3)
+    x, t, y = random_inputs(cfg, batch=3, seed=4)
+    y = y if labels else None
+    ref = np_model(cfg.arch).forward(params, x, t, y, cfg)
+    out = bench.torch_forward_numpy(bench.torch_params(params), x, t, y, cfg)
+    assert_close(ref, out, atol=1e-5, rtol=1e-4, what=f"{name} torch mirror")
+
+
+@needs_torch
+def test_torch_mirror_matches_numpy_ref_without_skips_or_pos_conv():
+    cfg = get_config("tokenfree-tiny", skips=False, pos_conv=False, depth=2)
+    params = random_params(cfg, seed=5)
+    x, t, y = random_inputs(cfg, batch=2, seed=6)
+    assert_close(np_model(cfg.arch).forward(params, x, t, y, cfg),
+                 bench.torch_forward_numpy(bench.torch_params(params), x, t, y, cfg), atol=1e-5, rtol=1e-4)
+
+
+def test_cli_rejects_a_warmup_shorter_than_the_jit_capture():
+    with pytest.raises(SystemExit):
+        bench.main(["--warmup", "2"])
+
+
+def test_peak_rss_is_measured():
+    assert bench.peak_rss_mib() > 10

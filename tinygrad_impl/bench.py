@@ -1,0 +1,435 @@
+"""Benchmark: tinygrad training and sampling against NumPy and a minimal PyTorch mirror of the same preset.
+
+    python -m tinygrad_impl.bench                                # tokenfree-xs and uvit-xs, batch 32, 32x32x3
+    python -m tinygrad_impl.bench --presets tokenfree-xs --steps 20 --sample-steps 50 --sample-batch 64
+    pip install -e '.[bench]'                                    # PyTorch (CPU build) for the comparison
+
+Training: the real step of tinygrad_impl.train (MSE on eps, AdamW, global-norm clip, EMA, one TinyJit) and
+the same ingredients in PyTorch eager, on the same weights and batches; after warm-up the two alternate step
+by step, so load from other processes hits both alike, and the medians and their ratio are printed.
+Sampling: DDIM (eta 0) with NumPy, tinygrad and PyTorch, each in a fresh process (its peak RSS is that
+backend's alone) after a short warm-up run (tinygrad compiles its kernels there).
+Without PyTorch installed, tinygrad and NumPy are measured alone.
+"""
+import argparse
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import time
+
+import numpy as np
+
+from numpy_ref.configs import PRESETS, get_config
+from numpy_ref.models import get_model as np_model
+from numpy_ref.models.tokenfree import block_kind
+from numpy_ref.models.uvit import num_extras
+from numpy_ref.samplers import sample as np_sample
+from numpy_ref.schedule import make_schedule
+
+DEFAULT_PRESETS = ("tokenfree-xs", "uvit-xs")
+NUM_CLASSES = 10   # the benchmark's class-conditional models (CIFAR-10-like)
+
+
+def have_torch():
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+# ----------------------------------------------------------------------------
+# PyTorch mirror: the same forward as numpy_ref, in torch.nn.functional (tokenfree, uvit)
+# ----------------------------------------------------------------------------
+
+def torch_timestep_embedding(t, dim, max_period=10000.0):
+    """[cos, sin] sinusoid, computed in float64 like numpy_ref: t (B,) -> (B, dim) float32"""
+    import torch
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
+    args = t.to(torch.float64).reshape(-1, 1) * freqs.reshape(1, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], -1).to(torch.float32)
+    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def torch_attention(x, p, prefix, heads):
+    """Fused-qkv self-attention with PyTorch's own SDPA kernel: x (B, L, D) -> (B, L, D)"""
+    import torch.nn.functional as F
+    B, L, D = x.shape
+    qkv = F.linear(x, p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias"))             # (B, L, 3D)
+    q, k, v = qkv.reshape(B, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)             # 3 x (B, h, L, d)
+    o = F.scaled_dot_product_attention(q, k, v)                                          # (B, h, L, d)
+    return F.linear(o.transpose(1, 2).reshape(B, L, D), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
+
+
+def torch_tokenfree(p, x, t, y, cfg):
+    """numpy_ref.models.tokenfree.forward in PyTorch: x (B, C, H, W), t (B,), y (B,) or None -> eps"""
+    import torch
+    import torch.nn.functional as F
+    S, D, B = cfg.stride, cfg.width, x.shape[0]
+    C = x.shape[1]
+    h = F.conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)               # (B, D, H/S, W/S)
+    hw = h.shape[2:]
+    h = h.flatten(2).transpose(1, 2)                                                     # (B, L, D)
+    c = F.linear(F.silu(F.linear(torch_timestep_embedding(t, D), p["time_embed.0.weight"], p["time_embed.0.bias"])),
+                 p["time_embed.2.weight"], p["time_embed.2.bias"])                       # (B, D)
+    if cfg.num_classes:
+        ids = torch.full((B,), cfg.null_class) if y is None else y.long()
+        c = c + p["label_embed.weight"][ids]
+    skips = []
+    for i in range(cfg.depth):
+        b, kind = f"blocks.{i}", block_kind(i, cfg)
+        if kind == "out":
+            h = F.linear(torch.cat([h, skips.pop()], -1), p[f"{b}.skip_linear.weight"], p[f"{b}.skip_linear.bias"])
+        sh1, sc1, g1, sh2, sc2, g2 = F.linear(F.silu(c), p[f"{b}.ada.weight"], p[f"{b}.ada.bias"]).unsqueeze(1).chunk(6, -1)
+        h = h + g1 * torch_attention(F.layer_norm(h, (D,), eps=1e-6) * (1 + sc1) + sh1, p, f"{b}.attn", cfg.heads)
+        z = F.linear(F.layer_norm(h, (D,), eps=1e-6) * (1 + sc2) + sh2, p[f"{b}.mlp.fc1.weight"], p[f"{b}.mlp.fc1.bias"])
+        if cfg.pos_conv:
+            hid = z.shape[-1]
+            z = F.conv2d(z.transpose(1, 2).reshape(B, hid, *hw), p[f"{b}.mlp.pos_conv.weight"],
+                         p[f"{b}.mlp.pos_conv.bias"], padding=1, groups=hid).flatten(2).transpose(1, 2)
+        h = h + g2 * F.linear(F.gelu(z), p[f"{b}.mlp.fc2.weight"], p[f"{b}.mlp.fc2.bias"])
+        if kind == "in":
+            skips.append(h)
+    shift, scale = F.linear(F.silu(c), p["final.ada.weight"], p["final.ada.bias"]).unsqueeze(1).chunk(2, -1)
+    h = F.linear(F.layer_norm(h, (D,), eps=1e-6) * (1 + scale) + shift, p["final.linear.weight"], p["final.linear.bias"])
+    h = F.pixel_shuffle(h.transpose(1, 2).reshape(B, S * S * C, *hw), S)                 # (B, C, H, W)
+    return F.conv2d(h, p["final_conv.weight"], p["final_conv.bias"], padding=1)
+
+
+def torch_uvit(p, x, t, y, cfg):
+    """numpy_ref.models.uvit.forward in PyTorch (the official U-ViT's computation)"""
+    import torch
+    import torch.nn.functional as F
+    P, D, (B, C) = cfg.stride, cfg.width, x.shape[:2]
+    ln = lambda h, name: F.layer_norm(h, (D,), p[f"{name}.weight"], p[f"{name}.bias"], 1e-5)
+    h = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=P)  # (B, D, H/p, W/p)
+    hw = h.shape[2:]
+    time_token = torch_timestep_embedding(t, D)
+    if cfg.mlp_time_embed:
+        time_token = F.linear(F.silu(F.linear(time_token, p["time_embed.0.weight"], p["time_embed.0.bias"])),
+                              p["time_embed.2.weight"], p["time_embed.2.bias"])
+    tokens = [time_token[:, None]]
+    if cfg.num_classes:
+        ids = torch.full((B,), cfg.null_class) if y is None else y.long()
+        tokens.insert(0, p["label_emb.weight"][ids][:, None])
+    h = torch.cat(tokens + [h.flatten(2).transpose(1, 2)], 1) + p["pos_embed"]           # (B, extras + L, D)
+
+    def block(name, h, skip=None):
+        if skip is not None:
+            h = F.linear(torch.cat([h, skip], -1), p[f"{name}.skip_linear.weight"], p[f"{name}.skip_linear.bias"])
+        h = h + torch_attention(ln(h, f"{name}.norm1"), p, f"{name}.attn", cfg.heads)
+        m = F.gelu(F.linear(ln(h, f"{name}.norm2"), p[f"{name}.mlp.fc1.weight"], p[f"{name}.mlp.fc1.bias"]))
+        return h + F.linear(m, p[f"{name}.mlp.fc2.weight"], p[f"{name}.mlp.fc2.bias"])
+
+    half, skips = cfg.depth // 2, []
+    for i in range(half):
+        h = block(f"in_blocks.{i}", h)
+        skips.append(h)
+    h = block("mid_block", h)
+    for i in range(half):
+        skip = skips.pop()
+        h = block(f"out_blocks.{i}", h, skip if cfg.skips else None)
+    h = F.linear(ln(h, "norm"), p["decoder_pred.weight"], p["decoder_pred.bias"])[:, num_extras(cfg):]
+    (gh, gw) = hw
+    h = h.reshape(B, gh, gw, P, P, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, gh * P, gw * P)   # unpatchify
+    if cfg.final_conv:
+        h = F.conv2d(h, p["final_layer.weight"], p["final_layer.bias"], padding=1)
+    return h
+
+
+TORCH_FORWARDS = {"tokenfree": torch_tokenfree, "uvit": torch_uvit}
+
+
+def torch_params(params, requires_grad=False):
+    """numpy params -> torch float32 tensors (copies, so training one side leaves the other alone)"""
+    import torch
+    return {k: torch.tensor(np.asarray(v, np.float32), requires_grad=requires_grad) for k, v in params.items()}
+
+
+def torch_forward_numpy(params, x, t, y, cfg):
+    """The PyTorch mirror on NumPy in and out (for tests and sampling)."""
+    import torch
+    with torch.inference_mode():
+        out = TORCH_FORWARDS[cfg.arch](params, torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+                                       torch.from_numpy(np.asarray(t, np.float32).reshape(-1)),
+                                       None if y is None else torch.from_numpy(np.asarray(y, np.int64)), cfg)
+    return out.numpy()
+
+
+# ----------------------------------------------------------------------------
+# Training steps: tinygrad (the trainer's own) and PyTorch (the same ingredients)
+# ----------------------------------------------------------------------------
+
+def bench_batches(cfg, batch, n, seed=0):
+    """n training batches (xt, t, noise, y) as NumPy arrays; timing does not depend on their values."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, cfg.in_channels, cfg.img_size, cfg.img_size)
+    return [(rng.uniform(-1, 1, shape).astype(np.float32), rng.integers(0, 1000, batch).astype(np.float32),
+             rng.standard_normal(shape).astype(np.float32),
+             rng.integers(0, cfg.num_classes + 1, batch).astype(np.int32) if cfg.num_classes else None)
+            for _ in range(n)]
+
+
+def tinygrad_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device=None):
+    """step(batch) -> loss: one step of tinygrad_impl.train (jitted AdamW, clip, EMA), state updated in place."""
+    from tinygrad import Context, Tensor
+    from .train import BETAS, ema_decay_at, make_train_step
+    from .weights import to_tensors
+    tp = to_tensors(params, device)
+    state = dict(params=tp, ema={k: v.clone().realize() for k, v in tp.items()},
+                 m={k: Tensor.zeros(*v.shape, device=v.device).contiguous().realize() for k, v in tp.items()},
+                 v={k: Tensor.zeros(*v.shape, device=v.device).contiguous().realize() for k, v in tp.items()})
+    step_fn, k = make_train_step(state, cfg, 0.0, clip), [0]
+
+    def step(b):
+        xt, t, noise, y = b
+        i = k[0]
+        with Context(TRAINING=1):
+            loss, _ = step_fn(Tensor(xt, device=device), Tensor(t, device=device), Tensor(noise, device=device),
+                              None if y is None else Tensor(y, device=device), Tensor([lr], device=device),
+                              Tensor([ema_decay_at(i, ema_decay)], device=device),
+                              Tensor([1 - BETAS[0] ** (i + 1)], device=device), Tensor([1 - BETAS[1] ** (i + 1)], device=device))
+        k[0] += 1
+        return float(loss.item())
+    return step
+
+
+def torch_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999):
+    """step(batch) -> loss: PyTorch eager with the same ingredients (MSE on eps, AdamW, global-norm clip, EMA)."""
+    import torch
+    from .train import ADAM_EPS, BETAS, ema_decay_at
+    forward = TORCH_FORWARDS[cfg.arch]
+    p = torch_params(params, requires_grad=True)
+    ema = {k: v.detach().clone() for k, v in p.items()}
+    opt = torch.optim.AdamW(list(p.values()), lr=lr, betas=BETAS, eps=ADAM_EPS, weight_decay=0.0)
+    k = [0]
+
+    def step(b):
+        xt, t, noise, y = (None if a is None else torch.from_numpy(a) for a in b)
+        loss = (forward(p, xt, t, y, cfg) - noise).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(p.values()), clip)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.values()), list(p.values()), 1.0 - ema_decay_at(k[0], ema_decay))
+        k[0] += 1
+        return float(loss.item())
+    return step
+
+
+def time_training(cfg, batch=32, warmup=3, steps=10, use_torch=True, device=None, seed=0):
+    """Warm up, then alternate timed steps of tinygrad and PyTorch. Returns a dict of per-step times (s)."""
+    params = np_model(cfg.arch).init_params(cfg, seed)
+    steppers = {"tinygrad": tinygrad_trainer(cfg, params, device=device)}
+    if use_torch and cfg.arch in TORCH_FORWARDS:
+        steppers["torch"] = torch_trainer(cfg, params)
+    batches = bench_batches(cfg, batch, warmup + steps, seed)
+    out = {name: dict(times=[], losses=[]) for name in steppers}
+    for name, step in steppers.items():
+        t0 = time.perf_counter()
+        for b in batches[:warmup]:
+            out[name]["losses"].append(step(b))
+        out[name]["warmup_s"] = time.perf_counter() - t0
+    for b in batches[warmup:]:
+        for name, step in steppers.items():
+            t0 = time.perf_counter()
+            out[name]["losses"].append(step(b))
+            out[name]["times"].append(time.perf_counter() - t0)
+    for r in out.values():
+        r["median_s"] = statistics.median(r["times"]) if r["times"] else float("nan")
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Sampling: DDIM in each backend, each in its own process (so its peak RSS is its own)
+# ----------------------------------------------------------------------------
+
+def _sample_worker(backend, cfg_json, n, steps, guidance, warmup_steps, device, queue):
+    """Runs in a child process: a warm-up run, then the timed run. Puts (seconds, peak RSS MiB, images)."""
+    try:
+        from numpy_ref.configs import ModelConfig
+        from numpy_ref.sample import grid_labels
+        cfg = ModelConfig.from_json(cfg_json)
+        params = np_model(cfg.arch).init_params(cfg, 0)
+        params = randomize_output_layers(params, cfg)
+        sched, shape, y = make_schedule("linear", 1000), (n, cfg.in_channels, cfg.img_size, cfg.img_size), None
+        y = grid_labels(n, cfg.num_classes)
+        if backend == "numpy":
+            model = np_model(cfg.arch)
+            run = lambda k: np_sample(lambda x, t, yy: model.forward(params, x, t, yy, cfg), shape, sched, "ddim", k,
+                                      0.0, 0, y, guidance, cfg.null_class)
+        elif backend == "torch":
+            import torch
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+            tp = torch_params(params)
+            run = lambda k: np_sample(lambda x, t, yy: torch_forward_numpy(tp, x, t, yy, cfg), shape, sched, "ddim",
+                                      k, 0.0, 0, y, guidance, cfg.null_class)
+            torch.set_grad_enabled(False)
+        else:
+            from .models import get_model
+            from .samplers import sample as tg_sample
+            from .weights import to_tensors
+            tg, model = to_tensors(params, device), get_model(cfg.arch)
+            run = lambda k: tg_sample(lambda x, t, yy: model.forward(tg, x, t, yy, cfg), shape, sched, "ddim", k,
+                                      0.0, 0, y, guidance, cfg.null_class, device=device)
+        t0 = time.perf_counter()
+        run(warmup_steps)
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        images = run(steps)
+        secs = time.perf_counter() - t0
+        peak = peak_rss_mib()
+        queue.put(dict(seconds=secs, warmup_s=warm, peak_mib=peak, images=images))
+    except BaseException as e:   # report, don't hang the parent
+        queue.put(dict(error=f"{type(e).__name__}: {e}"))
+
+
+def peak_rss_mib():
+    """This process's peak resident memory (VmHWM; ru_maxrss would carry the parent's peak over fork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if platform.system() == "Darwin" else 1024)
+
+
+def randomize_output_layers(params, cfg, seed=1):
+    """init_params zeroes adaLN and the output layer (the model would predict eps = 0 and every backend would
+    agree trivially); give those small random values so the samples depend on every layer."""
+    rng = np.random.default_rng(seed)
+    out = dict(params)
+    for k, v in params.items():
+        if not v.any() and v.ndim >= 2:
+            out[k] = (rng.standard_normal(v.shape) * 0.02).astype(np.float32)
+    return out
+
+
+def time_sampling(cfg, backends, n=64, steps=50, guidance=1.0, warmup_steps=2, device=None):
+    """{backend: dict(samples_per_s, seconds, peak_mib, max_diff_vs_numpy)} for DDIM with `steps` steps."""
+    ctx = mp.get_context("spawn")
+    results = {}
+    for backend in backends:
+        q = ctx.Queue()
+        proc = ctx.Process(target=_sample_worker, args=(backend, cfg.to_json(), n, steps, guidance, warmup_steps,
+                                                        device, q))
+        proc.start()
+        r = q.get()
+        proc.join()
+        if "error" in r:
+            raise RuntimeError(f"sampling with {backend} failed: {r['error']}")
+        r["samples_per_s"] = n / r["seconds"]
+        results[backend] = r
+    if "numpy" in results:
+        for r in results.values():
+            r["max_diff_vs_numpy"] = float(np.abs(r["images"] - results["numpy"]["images"]).max())
+    return results
+
+
+# ----------------------------------------------------------------------------
+# The whole benchmark
+# ----------------------------------------------------------------------------
+
+def machine():
+    """One line on the machine: CPU model, cores, load, versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    from tinygrad import Device
+    from tinygrad.helpers import NUM_CPU_THREADS
+    from importlib.metadata import version
+    parts = [cpu, f"{os.cpu_count()} cores", f"load average {os.getloadavg()[0]:.1f}",
+             f"tinygrad {version('tinygrad')} DEV={Device.DEFAULT} ({NUM_CPU_THREADS.value} threads)"]
+    if have_torch():
+        import torch
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    return ", ".join(parts)
+
+
+def run_benchmark(presets=DEFAULT_PRESETS, batch=32, warmup=3, steps=10, sample_batch=64, sample_steps=50,
+                  guidance=1.0, img_size=32, use_torch=None, sample=True, device=None, print_fn=print, **overrides):
+    """Measure each preset; print a table as it goes. Returns {preset: dict(train=..., sample=..., params=...)}.
+    overrides: ModelConfig fields (tests shrink the model with them)."""
+    use_torch = have_torch() if use_torch is None else use_torch
+    print_fn(f"machine: {machine()}")
+    if not use_torch:
+        print_fn("PyTorch not installed (pip install -e '.[bench]'): tinygrad and NumPy only")
+    results = {}
+    for name in presets:
+        cfg = get_config(name, img_size=img_size, in_channels=3, num_classes=NUM_CLASSES, **overrides)
+        n_params = sum(int(np.prod(s)) for s in np_model(cfg.arch).param_shapes(cfg).values())
+        mirrored = use_torch and cfg.arch in TORCH_FORWARDS
+        print_fn(f"\n{name}: {n_params / 1e6:.2f}M params, {img_size}x{img_size}x3, {NUM_CLASSES} classes"
+                 + ("" if mirrored or not use_torch else f" (no PyTorch mirror of {cfg.arch})"))
+        train = time_training(cfg, batch, warmup, steps, mirrored, device)
+        tg = train["tinygrad"]
+        line = f"  training step, batch {batch} (median of {steps}): tinygrad {tg['median_s']:.3f} s"
+        if "torch" in train:
+            line += f", PyTorch {train['torch']['median_s']:.3f} s, ratio {tg['median_s'] / train['torch']['median_s']:.2f}x"
+        print_fn(line + f"  [tinygrad warm-up incl. compile {tg['warmup_s']:.1f} s]")
+        res = dict(params=n_params, train=train)
+        if sample:
+            backends = ["numpy", "tinygrad"] + (["torch"] if mirrored else [])
+            smp = time_sampling(cfg, backends, sample_batch, sample_steps, guidance, device=device)
+            print_fn(f"  sampling, DDIM {sample_steps} steps, batch {sample_batch}, guidance {guidance}:")
+            print_fn(f"    {'backend':<9} {'samples/s':>10} {'s/run':>8} {'peak RSS MiB':>13} {'max|x - numpy|':>15}")
+            for b, r in smp.items():
+                print_fn(f"    {b:<9} {r['samples_per_s']:>10.2f} {r['seconds']:>8.2f} {r['peak_mib']:>13.0f} "
+                         f"{r['max_diff_vs_numpy']:>15.2e}")
+            if "torch" in smp:
+                print_fn(f"    NumPy / PyTorch time: {smp['numpy']['seconds'] / smp['torch']['seconds']:.2f}x, "
+                         f"tinygrad / PyTorch: {smp['tinygrad']['seconds'] / smp['torch']['seconds']:.2f}x")
+            res["sample"] = smp
+        results[name] = res
+    return results
+
+
+def set_threads(n):
+    """Threads of all backends, set before tinygrad is imported (NUM_CPU_THREADS is read at import);
+    the sampling processes inherit the environment, so NumPy's BLAS follows there too."""
+    import sys
+    if "tinygrad" in sys.modules:
+        from tinygrad.helpers import NUM_CPU_THREADS
+        NUM_CPU_THREADS.value = n
+    for var in ("NUM_CPU_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if have_torch():
+        import torch
+        torch.set_num_threads(n)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m tinygrad_impl.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--presets", nargs="+", default=[p for p in DEFAULT_PRESETS if p in PRESETS], choices=sorted(PRESETS))
+    ap.add_argument("--batch", type=int, default=32, help="training batch")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed training steps first (tinygrad's JIT needs 2)")
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps of each framework")
+    ap.add_argument("--sample-batch", type=int, default=64)
+    ap.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    ap.add_argument("--guidance", type=float, default=1.0, help="CFG weight (not 1: two model passes per step)")
+    ap.add_argument("--no-sample", action="store_true", help="training only")
+    ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    ap.add_argument("--device", default=None, help="tinygrad device (default: DEV or tinygrad's pick)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads of every backend (tinygrad NUM_CPU_THREADS, torch, BLAS); default: all cores. "
+                         "On a loaded machine 1 is fairer: 2 threads stall at every barrier when a core is taken")
+    a = ap.parse_args(argv)
+    if a.threads is not None:
+        set_threads(a.threads)
+    if a.warmup < 3:
+        ap.error("--warmup must be >= 3: TinyJit captures on the second call, so earlier steps include compiling")
+    if min(a.batch, a.steps, a.sample_batch, a.sample_steps) < 1:
+        ap.error("--batch, --steps, --sample-batch and --sample-steps must be >= 1")
+    return run_benchmark(a.presets, a.batch, a.warmup, a.steps, a.sample_batch, a.sample_steps, a.guidance,
+                         use_torch=False if a.no_torch else None, sample=not a.no_sample, device=a.device)
+
+
+if __name__ == "__main__":
+    main()
