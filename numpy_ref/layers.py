@@ -16,7 +16,7 @@ MACS = [0]   # multiply-accumulates done by linear, conv2d and attention since t
 
 def linear(x, w, b=None):
     """x (..., in) @ w.T (in, out) + b -> (..., out)"""
-    y = x @ w.T
+    y = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])   # one BLAS call, not one per row block
     MACS[0] += y.size * w.shape[1]
     return y if b is None else y + b
 
@@ -43,9 +43,15 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
         y = np.tensordot(w, cols, axes=([1, 2, 3], [1, 2, 3]))          # (Cout, B, Ho, Wo)
         y = y.transpose(1, 0, 2, 3)
     else:
-        cols = cols.reshape(B, groups, Cg, kh, kw, Ho, Wo)
+        # grouped: one (batched) product per kernel offset, so no copy of the kh*kw times larger im2col array
         wg = w.reshape(groups, Cout // groups, Cg, kh, kw)
-        y = np.einsum("gocij,bgcijhw->bgohw", wg, cols, optimize=True).reshape(B, Cout, Ho, Wo)
+        y = np.zeros((B, groups, Cout // groups, Ho, Wo), np.result_type(x, w))
+        for i in range(kh):
+            for j in range(kw):
+                xs = cols[:, :, i, j].reshape(B, groups, Cg, Ho, Wo)
+                wij = wg[None, :, :, :, i, j, None, None]                        # (1, g, Cout/g, Cg, 1, 1)
+                y += (wij[:, :, :, 0] * xs) if Cg == 1 else np.einsum("bgchw,xgoc->bgohw", xs, wij[..., 0, 0])
+        y = y.reshape(B, Cout, Ho, Wo)
     y = np.ascontiguousarray(y)
     MACS[0] += y.size * Cg * kh * kw
     return y if b is None else y + b[None, :, None, None]
@@ -96,11 +102,20 @@ def group_norm(x, groups, w=None, b=None, eps=1e-5):
 
 def erf(x):
     """Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the same formula tinygrad uses; NumPy has no erf."""
-    sign = np.sign(x)
+    # in place: on large maps fresh temporaries (page faults) cost more than the arithmetic
     a = np.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return sign * (1.0 - poly * np.exp(-a * a))
+    t = 0.3275911 * a
+    t += 1.0
+    np.reciprocal(t, out=t)
+    poly = 1.061405429 * t                                   # Horner: t * (c0 + t * (c1 + ... + t * c4))
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly += c
+        poly *= t
+    a *= a
+    np.negative(a, out=a)
+    poly *= np.exp(a, out=a)
+    np.subtract(1.0, poly, out=poly)
+    return np.sign(x) * poly
 
 
 def gelu(x, approximate="erf"):
@@ -108,7 +123,11 @@ def gelu(x, approximate="erf"):
     if approximate == "tanh":
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
     if approximate == "erf":
-        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+        y = erf(x / math.sqrt(2.0))
+        y += 1.0
+        y *= x
+        y *= 0.5
+        return y
     raise ValueError(f"gelu: approximate must be 'erf' or 'tanh', got {approximate!r}")
 
 
