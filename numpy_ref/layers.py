@@ -37,6 +37,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     B, Cin = x.shape[:2]
     if Cin != Cg * groups:
         raise ValueError(f"conv2d: input has {Cin} channels, weight expects {Cg * groups}")
+    if Cg == 1 and groups > 1:
+        return _depthwise_conv2d(x, w, b, stride, padding)
     cols = _im2col(x, kh, kw, stride, padding)                          # (B, Cin, kh, kw, Ho, Wo)
     Ho, Wo = cols.shape[-2:]
     if groups == 1:
@@ -54,6 +56,26 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
         y = y.reshape(B, Cout, Ho, Wo)
     y = np.ascontiguousarray(y)
     MACS[0] += y.size * Cg * kh * kw
+    return y if b is None else y + b[None, :, None, None]
+
+
+def _depthwise_conv2d(x, w, b, stride, padding):
+    """conv2d with one input channel per group: kh*kw multiply-adds over a channels-last copy (long contiguous rows)."""
+    B, Cin, H, W = x.shape
+    Cout, _, kh, kw = w.shape
+    xp = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (padding, padding), (padding, padding), (0, 0)))   # (B, Hp, Wp, Cin)
+    Ho, Wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    m = Cout // Cin
+    wl = w.reshape(Cin, m, kh, kw).transpose(1, 0, 2, 3)                     # (m, Cin, kh, kw): channel g * m + o reads g
+    y = np.zeros((B, Ho, Wo, m, Cin), np.result_type(x, w))                  # channels innermost: long vector loops
+    tap = np.empty_like(y)                                                   # reused: no fresh temporary per tap
+    for i in range(kh):
+        for j in range(kw):
+            np.multiply(xp[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride, None, :],
+                        wl[:, :, i, j], out=tap)
+            y += tap
+    y = np.ascontiguousarray(y.transpose(0, 4, 3, 1, 2).reshape(B, Cout, Ho, Wo))   # (B, Cin, m, Ho, Wo) -> (B, Cout, Ho, Wo)
+    MACS[0] += y.size * kh * kw
     return y if b is None else y + b[None, :, None, None]
 
 
