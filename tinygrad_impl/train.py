@@ -1,0 +1,357 @@
+"""Train a diffusion model with tinygrad: AdamW with warm-up, grad clipping, EMA, label dropout, one TinyJit step.
+
+    python -m tinygrad_impl.train                          # tokenfree-xs on the built-in shapes, CPU-sized defaults
+    python -m tinygrad_impl.train --data fashion-mnist --preset tokenfree-s --steps 20000 --batch 128 --device CUDA
+    python -m tinygrad_impl.train --resume                 # continue runs/<name>/ckpt.safetensors (Ctrl-C saves one)
+
+Writes runs/<data>-<preset>/: ckpt.safetensors (model, EMA, AdamW state, step, config, data name),
+samples_<step>.png (EMA sample grids, row r = class r), log.jsonl (one line per step).
+
+Every random draw of step k (batch indices, t, noise, dropped labels) comes from
+np.random.default_rng([seed, k]), so a resumed run repeats the uninterrupted one exactly.
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+from tinygrad import Context, Device, Tensor, TinyJit
+
+from numpy_ref.configs import PRESETS, get_config
+from numpy_ref.data import DATASETS, data_tag, load_dataset
+from numpy_ref.sample import grid_cols, save_grid
+from numpy_ref.schedule import make_schedule, q_sample
+from . import weights
+from .models import get_model
+from .sample import sample_images
+
+# run settings: a resumed run takes these from the checkpoint (an explicit, different flag is an error)
+RUN_DEFAULTS = dict(preset="tokenfree-xs", data="shapes", size=None, batch=32, lr=3e-4, warmup=100, weight_decay=0.0,
+                    clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000)
+# settings that may change between sessions of one run
+SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=2.0)
+BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+# ----------------------------------------------------------------------------
+# Schedules of the optimiser
+# ----------------------------------------------------------------------------
+
+def lr_at(step, lr, warmup):
+    """Linear warm-up to lr over `warmup` steps, then constant (so --steps can grow on --resume)."""
+    return lr * min(1.0, (step + 1) / max(1, warmup))
+
+
+def ema_decay_at(step, decay):
+    """EMA warm-up (DESIGN.md 4b): early steps forget the random initial weights fast."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+# ----------------------------------------------------------------------------
+# Training state: params, EMA copy, AdamW moments (all float32 Tensors, one dict each)
+# ----------------------------------------------------------------------------
+
+def init_state(cfg, seed, device=None):
+    params = get_model(cfg.arch).init_params(cfg, seed, device)
+    return dict(params=params,
+                ema={k: v.clone().realize() for k, v in params.items()},
+                m={k: Tensor.zeros(*v.shape, device=v.device).contiguous().realize() for k, v in params.items()},
+                v={k: Tensor.zeros(*v.shape, device=v.device).contiguous().realize() for k, v in params.items()})
+
+
+def state_tensors(state):
+    """The non-model tensors of a checkpoint: opt/m/<name>, opt/v/<name>."""
+    return {f"opt/{which}/{k}": t for which in ("m", "v") for k, t in state[which].items()}
+
+
+def save_checkpoint(path, state, cfg, meta):
+    """Model, EMA and AdamW state in one safetensors file, written atomically."""
+    return weights.save_weights(path, state["params"], cfg, meta, ema=state["ema"], extra=state_tensors(state))
+
+
+def load_checkpoint(path, device=None):
+    """(state, cfg, meta) of a training checkpoint; ValueError naming what is missing for anything else."""
+    from numpy_ref.weights import check_params, read_file
+    tensors, cfg, meta = read_file(path)
+    params = {k: v for k, v in tensors.items() if "/" not in k}
+    check_params(params, cfg, path)
+    parts = {"ema": "ema/", "m": "opt/m/", "v": "opt/v/"}
+    state = {"params": params}
+    for key, prefix in parts.items():
+        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not part:
+            raise ValueError(f"{path} has no {prefix}* tensors: it holds weights but no training state, so it "
+                             "cannot be resumed (sample it, or start a new run in another --out)")
+        check_params(part, cfg, f"{path} ({prefix}*)")
+        state[key] = part
+    for key in ("step", "data", "seed", "batch"):
+        if key not in meta:
+            raise ValueError(f"{path}: the metadata has no {key!r}; it was not written by tinygrad_impl.train")
+    return {k: weights.to_tensors(v, device) for k, v in state.items()}, cfg, meta
+
+
+# ----------------------------------------------------------------------------
+# One training step, jitted
+# ----------------------------------------------------------------------------
+
+def make_train_step(state, cfg, weight_decay=0.0, clip=1.0):
+    """step(xt, t, noise, y, lr, decay, bc1, bc2) -> (loss, grad_norm): one AdamW update of state in place.
+    Scalars that change (lr, EMA decay, Adam bias corrections) come in as (1,) Tensors so one JIT serves all steps."""
+    model = get_model(cfg.arch)
+    # the canonical parameter order, not the dict's: a file loads in sorted order, and the order of the
+    # grad-norm sum changes its last bits (so --resume would drift from the straight run once clipping acts)
+    names = list(model.param_shapes(cfg))
+    params, ema, m, v = ([state[s][k] for k in names] for s in ("params", "ema", "m", "v"))
+    b1, b2 = BETAS
+
+    @TinyJit
+    def step(xt, t, noise, y, lr, decay, bc1, bc2):
+        eps = model.forward(state["params"], xt, t, y, cfg)                          # (B, C, H, W)
+        loss = (eps - noise).square().mean()
+        grads = loss.gradient(*params)
+        grad_norm = Tensor.stack(*[g.square().sum() for g in grads]).sum().sqrt()
+        scale = (clip / (grad_norm + 1e-6)).minimum(1.0)                             # clip the global norm
+        for p, g, mi, vi, e in zip(params, grads, m, v, ema):
+            g = g * scale
+            mi.assign(b1 * mi + (1 - b1) * g)
+            vi.assign(b2 * vi + (1 - b2) * g.square())
+            update = (mi / bc1) / ((vi / bc2).sqrt() + ADAM_EPS)
+            if weight_decay and p.ndim >= 2:   # decoupled decay on matrices and kernels only, not biases
+                update = update + weight_decay * p
+            p.assign(p - lr * update)
+            e.assign(decay * e + (1 - decay) * p)
+        Tensor.realize(loss, grad_norm, *params, *m, *v, *ema)
+        return loss, grad_norm
+
+    return step
+
+
+def batch_at(step, seed, ds, batch, sched, label_drop, null_class):
+    """(xt, t, noise, y) of training step `step`, drawn from default_rng([seed, step]); y None if unconditional."""
+    rng = np.random.default_rng([seed, step])
+    idx = rng.integers(0, len(ds), batch)
+    t = rng.integers(0, sched.T, batch)
+    x0 = ds.images[idx]                                                              # (B, C, H, W)
+    noise = rng.standard_normal(x0.shape).astype(np.float32)
+    xt = q_sample(x0, t, noise, sched)
+    drop = rng.random(batch) < label_drop
+    y = None if not ds.num_classes else np.where(drop, null_class, ds.labels[idx])
+    return xt, t, noise, y
+
+
+# ----------------------------------------------------------------------------
+# Sample grids during training
+# ----------------------------------------------------------------------------
+
+def sample_grid(params, cfg, sched, path, n=36, steps=25, guidance=2.0, seed=0, device=None):
+    """DDIM samples of `params` (the EMA copy) as a PNG grid; row r shows class r % num_classes."""
+    images = sample_images(params, cfg, sched, n, "ddim", steps, 0.0, seed, guidance, device=device)
+    return save_grid(images, path, cols=grid_cols(n), upscale=2)
+
+
+# ----------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m tinygrad_impl.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = {**RUN_DEFAULTS, **SESSION_DEFAULTS}
+    h = lambda text, k: f"{text} (default {d[k]})"   # run settings default to None so --resume can tell what was given
+    p.add_argument("--preset", choices=sorted(PRESETS), help=h("model preset", "preset"))
+    p.add_argument("--data", help=h(f"dataset: {', '.join(DATASETS)}", "data"))
+    p.add_argument("--size", type=int, help="image size of shapes / folder: data (default 32)")
+    p.add_argument("--data-root", default="data", help="where real datasets are looked for and downloaded")
+    p.add_argument("--download", action="store_true", help="download a missing dataset (checks its MD5)")
+    p.add_argument("--steps", type=int, help=h("train until this step count (total, also with --resume)", "steps"))
+    p.add_argument("--batch", type=int, help=h("batch size", "batch"))
+    p.add_argument("--lr", type=float, help=h("AdamW learning rate after warm-up", "lr"))
+    p.add_argument("--warmup", type=int, help=h("linear warm-up steps", "warmup"))
+    p.add_argument("--weight-decay", type=float, help=h("AdamW decoupled weight decay", "weight_decay"))
+    p.add_argument("--clip", type=float, help=h("global gradient-norm clip", "clip"))
+    p.add_argument("--ema-decay", type=float, help=h("EMA decay (with warm-up)", "ema_decay"))
+    p.add_argument("--label-drop", type=float, help=h("fraction of labels replaced by the null class (CFG)", "label_drop"))
+    p.add_argument("--seed", type=int, help=h("seed of the init and of every batch", "seed"))
+    p.add_argument("--schedule", choices=("linear", "cosine"), help=h("noise schedule", "schedule"))
+    p.add_argument("--T", type=int, help=h("diffusion timesteps", "T"))
+    p.add_argument("--sample-every", type=int, help=h("write an EMA sample grid every K steps (0: only at the end)", "sample_every"))
+    p.add_argument("--ckpt-every", type=int, help=h("write the checkpoint every K steps (and at the end)", "ckpt_every"))
+    p.add_argument("--sample-n", type=int, help=h("images in a training sample grid", "sample_n"))
+    p.add_argument("--sample-steps", type=int, help=h("DDIM steps of a training sample grid", "sample_steps"))
+    p.add_argument("--guidance", type=float, help=h("CFG weight of the training sample grids", "guidance"))
+    p.add_argument("--out", help="output folder (default runs/<data>-<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.safetensors")
+    p.add_argument("--device", default=None, help="tinygrad device, e.g. CPU, CL, CUDA, METAL (default: DEV or tinygrad's pick)")
+    return p
+
+
+def settle_args(args):
+    """Fill defaults; with --resume take the run settings from the checkpoint. Returns (args, ckpt path or None)."""
+    given = {k for k in RUN_DEFAULTS if getattr(args, k) is not None}
+    for k, v in SESSION_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        args.out = os.path.join("runs", f"{data_tag(args.data or RUN_DEFAULTS['data'])}-{args.preset or RUN_DEFAULTS['preset']}")
+    ckpt = os.path.join(args.out, "ckpt.safetensors")
+    if args.resume:
+        if not os.path.exists(ckpt):
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; start without --resume, or give the run's --out")
+        from numpy_ref.weights import read_file
+        _, _, meta = read_file(ckpt)
+        run = meta.get("run", {})
+        for k in RUN_DEFAULTS:
+            if k in given and k in run and getattr(args, k) != run[k]:
+                raise ValueError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the checkpoint's {run[k]}: "
+                                 f"a resumed run keeps its settings (drop the flag, or start a new run with another --out)")
+            setattr(args, k, run.get(k, RUN_DEFAULTS[k]))
+    else:
+        for k, v in RUN_DEFAULTS.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+        if os.path.exists(ckpt):
+            raise ValueError(f"{ckpt} exists: add --resume to continue it, or choose another --out")
+    problems = [f"--{k.replace('_', '-')} must be >= 1" for k in ("steps", "batch", "sample_n", "sample_steps", "T")
+                if getattr(args, k) < 1]
+    problems += [f"--{k.replace('_', '-')} must be >= 0" for k in ("sample_every", "ckpt_every", "warmup") if getattr(args, k) < 0]
+    if not 0 <= args.label_drop < 1:
+        problems.append("--label-drop must be in [0, 1)")
+    if not 0 <= args.ema_decay < 1:
+        problems.append("--ema-decay must be in [0, 1)")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return args, (ckpt if args.resume else None)
+
+
+class StopRequest:
+    """First Ctrl-C: finish the step, save, exit. Second Ctrl-C: the usual KeyboardInterrupt."""
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to quit without saving)", flush=True)
+
+
+def train(args, callback=None):
+    """Run (or resume) training as set by the parsed CLI args. Returns a summary dict.
+    callback(step, loss), if given, runs after every step (live plots, tests)."""
+    from tqdm import tqdm
+    args, resume_from = settle_args(args)
+    device = args.device
+    ds = load_dataset(args.data, "train", root=args.data_root, download=args.download, size=args.size)
+    C, H, W = ds.shape
+    sched = make_schedule(args.schedule, args.T)
+    run = {k: getattr(args, k) for k in RUN_DEFAULTS}
+    if resume_from:
+        state, cfg, meta = load_checkpoint(resume_from, device)
+        start = int(meta["step"])
+        if (cfg.img_size, cfg.in_channels, cfg.num_classes) != (H, C, ds.num_classes):
+            raise ValueError(f"{resume_from} was trained on {cfg.img_size}x{cfg.img_size}x{cfg.in_channels} images with "
+                             f"{cfg.num_classes} classes, but {args.data} gives {H}x{W}x{C} with {ds.num_classes}")
+    else:
+        cfg = get_config(args.preset, img_size=H, in_channels=C, num_classes=ds.num_classes)
+        state, start = init_state(cfg, args.seed, device), 0
+    os.makedirs(args.out, exist_ok=True)
+    ckpt, log_path = os.path.join(args.out, "ckpt.safetensors"), os.path.join(args.out, "log.jsonl")
+    keep_log_until(log_path, start)
+    n_params = sum(int(np.prod(v.shape)) for v in state["params"].values())
+    print(f"{cfg.arch} ({args.preset}, {n_params / 1e6:.2f}M params) on {ds.name} ({len(ds)} images {C}x{H}x{W}, "
+          f"{ds.num_classes or 'no'} classes), batch {args.batch}, steps {start}->{args.steps}, "
+          f"device {device or Device.DEFAULT}, out {args.out}", flush=True)
+
+    def meta_at(step, loss):
+        return dict(step=step, data=args.data, schedule=args.schedule, T=args.T, seed=args.seed, batch=args.batch,
+                    preset=args.preset, class_names=list(ds.class_names), loss=loss, run=run)
+
+    step_fn = make_train_step(state, cfg, args.weight_decay, args.clip)
+    stop = StopRequest()
+    old_handler = signal.signal(signal.SIGINT, stop) if threading_main() else None
+    losses, t0, step = [], time.perf_counter(), start
+    bar = tqdm(total=args.steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
+    try:
+        with open(log_path, "a", buffering=1) as log:   # line-buffered: the log is current while training
+            while step < args.steps and not stop.requested:
+                xt, t, noise, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop, cfg.null_class)
+                lr = lr_at(step, args.lr, args.warmup)
+                with Context(TRAINING=1):
+                    loss, gnorm = step_fn(Tensor(xt, device=device), Tensor(t.astype(np.float32), device=device),
+                                          Tensor(noise, device=device),
+                                          None if y is None else Tensor(y.astype(np.int32), device=device),
+                                          Tensor([lr], device=device), Tensor([ema_decay_at(step, args.ema_decay)], device=device),
+                                          Tensor([1 - BETAS[0] ** (step + 1)], device=device),
+                                          Tensor([1 - BETAS[1] ** (step + 1)], device=device))
+                loss, gnorm = float(loss.item()), float(gnorm.item())
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower --lr or check the data")
+                step += 1
+                losses.append(loss)
+                elapsed = time.perf_counter() - t0
+                log.write(json.dumps(dict(step=step, loss=round(loss, 6), grad_norm=round(gnorm, 4), lr=lr,
+                                          time=round(elapsed, 2))) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                if callback is not None:
+                    callback(step, loss)
+                if args.ckpt_every and step % args.ckpt_every == 0 and step < args.steps:
+                    log.flush()
+                    save_checkpoint(ckpt, state, cfg, meta_at(step, mean_tail(losses)))
+                if args.sample_every and step % args.sample_every == 0 and step < args.steps:
+                    path = sample_grid(state["ema"], cfg, sched, os.path.join(args.out, f"samples_{step:06d}.png"),
+                                       args.sample_n, args.sample_steps, args.guidance, args.seed, device)
+                    bar.write(f"step {step}: loss {mean_tail(losses):.4f}, EMA samples -> {path}")
+    finally:
+        bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    train_time = time.perf_counter() - t0
+    save_checkpoint(ckpt, state, cfg, meta_at(step, mean_tail(losses)))
+    summary = dict(step=step, start=start, loss=mean_tail(losses), steps_per_s=(step - start) / max(train_time, 1e-9),
+                   train_time=train_time, ckpt=ckpt, out=args.out, interrupted=stop.requested)
+    if stop.requested:
+        print(f"stopped at step {step}; checkpoint {ckpt}. Continue with: python -m tinygrad_impl.train --out {args.out} "
+              f"--resume --steps {args.steps}")
+        return summary
+    grid = sample_grid(state["ema"], cfg, sched, os.path.join(args.out, f"samples_{step:06d}.png"),
+                       args.sample_n, args.sample_steps, args.guidance, args.seed, device)
+    summary["grid"] = grid
+    print(f"done: step {step}, loss {summary['loss']:.4f} (mean of the last {min(len(losses), 50)} steps), "
+          f"{summary['steps_per_s']:.2f} steps/s over {train_time / 60:.1f} min\n"
+          f"checkpoint {ckpt}\nEMA samples {grid} (row r = class r: {', '.join(ds.class_names[:cfg.num_classes])})\n"
+          f"sample more: python -m tinygrad_impl.sample --ckpt {ckpt} --out grid.png   (or numpy_ref.sample, NumPy only)")
+    return summary
+
+
+def mean_tail(losses, n=50):
+    return float(np.mean(losses[-n:])) if losses else float("nan")
+
+
+def keep_log_until(path, step):
+    """Drop log lines after `step` (they were made after the checkpoint a resumed run restarts from)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def threading_main():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return train(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
