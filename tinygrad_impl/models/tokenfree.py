@@ -66,7 +66,8 @@ def forward(params, x, t, y=None, cfg=None):
     for i in range(cfg.depth):
         kind = block_kind(i, cfg)
         if kind == "out":
-            h = linear(h.cat(skips.pop(), dim=-1),
+            # the concat is materialized: read through its padding masks, skip_linear's weight gradient runs unvectorized
+            h = linear(h.cat(skips.pop(), dim=-1).contiguous(),
                        p[f"blocks.{i}.skip_linear.weight"], p[f"blocks.{i}.skip_linear.bias"])   # (B, L, D)
         h = block(p, f"blocks.{i}", h, c, hw, cfg)
         if kind == "in":
