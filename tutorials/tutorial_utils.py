@@ -149,3 +149,51 @@ def line_plot(path, series, title="", xlabel="", ylabel="", size=(560, 360), hli
     path = path if os.path.isabs(path) else out_path(path)
     img.save(path)
     return path
+
+
+# ----------------------------------------------------------------------------
+# The training run of tutorial 04, which 03 and 05 sample from
+# ----------------------------------------------------------------------------
+
+# full: tokenfree-tiny (0.07M parameters) on 16x16 shapes, a few minutes on a 2-core CPU;
+# fast: 8x8 images and a handful of steps, only to prove the code runs
+RUN = (dict(preset="tokenfree-tiny", size=8, batch=8, steps=12, lr=3e-3, warmup=5, sample_n=36, sample_steps=3)
+       if FAST else
+       dict(preset="tokenfree-tiny", size=16, batch=32, steps=1500, lr=2e-3, warmup=100, sample_n=36, sample_steps=25))
+
+
+def run_folder():
+    return runs_dir(f"04_shapes_{RUN['preset']}_{RUN['size']}")
+
+
+def checkpoint_path():
+    return os.path.join(run_folder(), "ckpt.safetensors")
+
+
+def train_args():
+    """The command line of tinygrad_impl.train for tutorial 04's run, as a list of flags."""
+    flags = ["--data", "shapes", "--out", run_folder(), "--sample-every", "0", "--ckpt-every", "250"]
+    for k, v in RUN.items():
+        flags += [f"--{k.replace('_', '-')}", str(v)]
+    return flags
+
+
+def train_run(callback=None):
+    """Train (or finish) tutorial 04's run with the project's trainer; returns its summary dict.
+    An earlier run in the same folder is resumed (nothing to do when it already reached its steps)."""
+    from tinygrad_impl import train
+    flags = train_args()
+    if os.path.exists(checkpoint_path()):
+        flags = ["--out", run_folder(), "--resume", "--steps", str(RUN["steps"]), "--sample-every", "0",
+                 "--sample-n", str(RUN["sample_n"]), "--sample-steps", str(RUN["sample_steps"])]
+    print("python -m tinygrad_impl.train " + " ".join(flags))
+    return train.train(train.build_parser().parse_args(flags), callback=callback)
+
+
+def ensure_checkpoint():
+    """Tutorial 04's checkpoint; trains it first (the same run as 04) when it is missing."""
+    if not os.path.exists(checkpoint_path()):
+        print(f"no checkpoint at {checkpoint_path()}: training it now, as tutorial 04 does "
+              f"(run 04_train_tinygrad.py first to watch that)")
+        train_run()
+    return checkpoint_path()
