@@ -106,7 +106,7 @@ for arch in MAIN:
     sizes = [int(np.prod(c[3][1:])) if len(c[3]) == 3 else c[3][0] for c in rows[arch]["calls"] if len(c[3]) >= 2]
     series[f"{rows[arch]['preset']} ({len(sizes)} layers)"] = (np.linspace(0, 1, len(sizes)), np.log2(sizes))
 path = line_plot("06_activations.png", series, title=f"Positions each layer works on ({SIZE}x{SIZE} input)",
-                 xlabel="place in the forward pass (0 = first layer, 1 = last)", ylabel="log2(H*W or tokens)")
+                 xlabel="place in the forward pass (0 = first layer, 1 = last)", ylabel="log2(H*W or tokens)", legend_y=110)
 print("\nwrote", path)
 
 # %% [markdown]

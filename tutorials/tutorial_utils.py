@@ -98,11 +98,13 @@ def nice_ticks(lo, hi, n=5):
     return [v for v in np.arange(math.ceil(lo / step) * step, hi + step * 1e-9, step)]
 
 
-def line_plot(path, series, title="", xlabel="", ylabel="", size=(560, 360), hlines=(), vlines=(), ylim=None):
-    """series: {name: (x, y)} -> PNG with axes, ticks and a legend; hlines/vlines: [(value, label)]. Returns path."""
+def line_plot(path, series, title="", xlabel="", ylabel="", size=(560, 360), hlines=(), vlines=(), ylim=None,
+              legend_y=0):
+    """series: {name: (x, y)} -> PNG with axes, ticks and a legend (legend_y pixels below the top); hlines/vlines:
+    [(value, label)]. Returns path."""
     f = font(12)
     W, H = size
-    left, right, top, bottom = 62, 12, 28, 44
+    left, right, top, bottom = 62, 24, 28, 44
     xs = np.concatenate([np.asarray(x, float) for x, _ in series.values()])
     ys = np.concatenate([np.asarray(y, float) for _, y in series.values()])
     ys = ys[np.isfinite(ys)]
@@ -138,10 +140,11 @@ def line_plot(path, series, title="", xlabel="", ylabel="", size=(560, 360), hli
         for p in pts if len(pts) < 30 else []:
             d.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=color)
     legend_w = 45 + max(f.getlength(name) for name in series)   # legend last, in a box, so no curve hides it
-    d.rectangle([left + 5, top + 3, left + legend_w, top + 4 + 16 * len(series)], fill="white", outline=(200, 200, 200))
+    ly = top + legend_y
+    d.rectangle([left + 5, ly + 3, left + legend_w, ly + 4 + 16 * len(series)], fill="white", outline=(200, 200, 200))
     for k, name in enumerate(series):
-        d.line([left + 10, top + 10 + 16 * k, left + 30, top + 10 + 16 * k], fill=COLORS[k % len(COLORS)], width=3)
-        d.text((left + 35, top + 3 + 16 * k), name, fill="black", font=f)
+        d.line([left + 10, ly + 10 + 16 * k, left + 30, ly + 10 + 16 * k], fill=COLORS[k % len(COLORS)], width=3)
+        d.text((left + 35, ly + 3 + 16 * k), name, fill="black", font=f)
     d.text((left, 6), title, fill="black", font=f)
     d.text(((W - f.getlength(xlabel)) / 2, H - 18), xlabel, fill="black", font=f)
     if ylabel:   # the y label goes top right, above the plot
