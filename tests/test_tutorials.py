@@ -80,7 +80,7 @@ def test_04_train_tinygrad(out_dir):
 
 def test_03_samplers(out_dir):
     key = run_tutorial("03_samplers.py", out_dir)
-    assert_pngs(out_dir, "03_grid.png", "03_quality.png")
+    assert_pngs(out_dir, "03_grid.png", "03_contrast.png", "03_quality.png")
     assert 0.0 < key["floor"] < key["ceiling"]               # real images sit closer to the training set than noise
     assert all(0.0 < v < 2.0 for k, v in key.items() if k.startswith(("ddpm_", "ddim_")))
 

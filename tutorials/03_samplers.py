@@ -14,8 +14,8 @@
 # - DPM-Solver++(2M) is planned in DESIGN.md but not in the code yet, so it is not compared here.
 #
 # This tutorial samples the checkpoint of tutorial 04 with NumPy alone (it trains it first when
-# it is missing) and measures quality against the number of steps. Writes `03_grid.png` and
-# `03_quality.png`.
+# it is missing) and measures quality against the number of steps. Writes `03_grid.png`,
+# `03_contrast.png` and `03_quality.png`.
 
 # %%
 import os
@@ -60,7 +60,9 @@ for sampler in ("ddpm", "ddim"):
 # nearest training image (root mean square over pixels). Sharp shapes on plain backgrounds sit
 # close to some training image; blurry or noisy samples do not. Two calibration points frame it:
 # real test images (the floor: what a perfect model scores) and Gaussian noise (the ceiling).
-# `python -m tinygrad_impl.evaluate` measures FD/KID on learned features for real comparisons.
+# It has a blind spot: a dim, blurry image is also close to some dark training background. So we
+# also measure *contrast*, the standard deviation of each image's pixels: washed-out samples have
+# less than real images. `python -m tinygrad_impl.evaluate` measures FD/KID on learned features.
 
 # %%
 train_set = load_dataset("shapes", "train", size=cfg.img_size)
@@ -74,6 +76,8 @@ def nn_distance(images):
     return float(np.sqrt(np.maximum(d2.min(1), 0) / q.shape[1]).mean())
 
 floor = nn_distance(load_dataset("shapes", "test", size=cfg.img_size).images[:N])
+contrast = lambda images: float(images.reshape(len(images), -1).std(1).mean())
+real_contrast = contrast(load_dataset("shapes", "test", size=cfg.img_size).images[:N])
 ceiling = nn_distance(np.clip(np.random.default_rng(0).standard_normal((N, *train_set.shape)), -1, 1).astype(np.float32))
 print(f"nearest-training-image distance: real test images {floor:.3f} (floor), noise {ceiling:.3f} (ceiling)")
 
@@ -84,16 +88,18 @@ print(f"nearest-training-image distance: real test images {floor:.3f} (floor), n
 # function behind `python -m numpy_ref.sample`).
 
 # %%
-quality, grids, seconds = {}, {}, {}
+quality, sharp, grids, seconds = {}, {}, {}, {}
 for sampler in ("ddpm", "ddim"):
-    quality[sampler] = []
+    quality[sampler], sharp[sampler] = [], []
     for steps in STEPS:
         t0 = time.perf_counter()
         images = sample_images(params, cfg, sched, N, sampler, steps, seed=0, guidance=2.0)
         seconds[sampler, steps] = time.perf_counter() - t0
         quality[sampler].append(nn_distance(images))
+        sharp[sampler].append(contrast(images))
         grids[sampler, steps] = images
-        print(f"{sampler} {steps:4d} steps: distance {quality[sampler][-1]:.3f}  ({seconds[sampler, steps]:.1f} s)",
+        print(f"{sampler} {steps:4d} steps: distance {quality[sampler][-1]:.3f}, contrast {sharp[sampler][-1]:.3f} "
+              f"(real {real_contrast:.3f})  ({seconds[sampler, steps]:.1f} s)",
               flush=True)
 
 # %% [markdown]
@@ -106,6 +112,14 @@ rows = [(f"{s} {k} steps", grids[s, k][pick]) for s in ("ddpm", "ddim") for k in
 path = image_table("03_grid.png", rows, upscale=max(1, 48 // cfg.img_size),
                    title=f"same seed and classes per column; {which} weights of step {meta['step']}, CFG 2")
 print("wrote", path)
+change = [float(np.abs(grids["ddim", k] - grids["ddim", STEPS[-1]]).mean()) for k in STEPS]
+print("DDIM, mean |x(k steps) - x(" + str(STEPS[-1]) + " steps)| from the same noise: "
+      + ", ".join(f"{k}: {c:.3f}" for k, c in zip(STEPS, change)))
+path = line_plot("03_contrast.png", {"DDPM": (STEPS, sharp["ddpm"]), "DDIM (eta=0)": (STEPS, sharp["ddim"])},
+                 title="Contrast: std of each image's pixels (real images: grey line)", xlabel="sampling steps",
+                 ylabel="pixel std", hlines=[(real_contrast, "real test images")],
+                 ylim=(0, 1.2 * max([real_contrast] + sharp["ddpm"] + sharp["ddim"])))
+print("wrote", path)
 path = line_plot("03_quality.png", {"DDPM": (STEPS, quality["ddpm"]), "DDIM (eta=0)": (STEPS, quality["ddim"])},
                  title="Distance to the nearest training image (lower is better)", xlabel="sampling steps",
                  ylabel="RMS distance", hlines=[(floor, "real test images"), (ceiling, "noise")],
@@ -115,15 +129,20 @@ print("wrote", path)
 # %% [markdown]
 # ## What to look at
 #
-# - `03_grid.png`: DDIM gives clean images already at 10 steps and changes little after 25 (its
-#   columns keep the same shape and colour as steps grow: same noise, deterministic path). DDPM
-#   with few steps leaves the images blurred and washed out, and only approaches DDIM at 100.
-# - `03_quality.png`: the DDIM curve drops to near its final value by 10-25 steps; DDPM needs many
-#   more. Both stay above the real-image floor: the model of tutorial 04 is small and short-trained.
+# - `03_grid.png`: DDIM's columns hardly change from 5 to 100 steps: the same noise leads
+#   deterministically to (nearly) the same image, so a few steps already give the final picture
+#   (the printed change from the 100-step result shrinks with steps). DDPM's images change with
+#   the step count (fresh noise at every step); at 5-10 steps they are dim and blurry, by 50-100
+#   steps they have contrast like DDIM's.
+# - `03_contrast.png`: DDPM's contrast climbs with steps; DDIM's is flat.
+# - `03_quality.png`: the nearest-image distance *prefers* few-step DDPM, because its dim, blurry
+#   images sit near dark training backgrounds: the blind spot named above. Read it together with
+#   the contrast, and use `tinygrad_impl.evaluate` for real comparisons.
 #
 # Next: `05_tinygrad_to_numpy.py` checks that NumPy and tinygrad draw the same images.
 
 # %%
-print("\nlook at: 03_grid.png (rows: sampler and steps), 03_quality.png (distance vs steps, floor and ceiling)")
-print(f"KEY floor={floor:.3f} ceiling={ceiling:.3f} " + " ".join(
+print("\nlook at: 03_grid.png (rows: sampler and steps), 03_contrast.png (contrast vs steps), "
+      "03_quality.png (distance vs steps, floor and ceiling)")
+print(f"KEY floor={floor:.3f} ceiling={ceiling:.3f} real_contrast={real_contrast:.3f} " + " ".join(
     f"{s}_{k}={q:.3f}" for s in ("ddpm", "ddim") for k, q in zip(STEPS, quality[s])))
