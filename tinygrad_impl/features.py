@@ -22,17 +22,17 @@ def init_params(cfg, seed=0, device=None):
 # ----------------------------------------------------------------------------
 
 def forward(params, x):
-    """x (B, C, H, W) in [-1, 1] -> (features (B, 4W), logits (B, K))."""
+    """x (B, C, H, W) in [-1, 1] -> (features (B, 8W), logits (B, K))."""
     h = x
     for i, (_, stride) in enumerate(LEVELS):
         h = conv2d(h, params[f"blocks.{i}.conv.weight"], params[f"blocks.{i}.conv.bias"], stride=stride, padding=1)
         h = silu(group_norm(h, GROUPS, params[f"blocks.{i}.norm.weight"], params[f"blocks.{i}.norm.bias"]))
-    features = h.mean((2, 3))                                                   # (B, 4W)
+    features = h.mean((2, 3))                                                   # (B, 8W)
     return features, linear(features, params["head.weight"], params["head.bias"])   # (B, K)
 
 
 def compute_features(params, images, batch=256, progress=None, device=None):
-    """(features (N, 4W), logits (N, K)) as NumPy arrays; every batch padded to `batch` rows so one kernel set serves all."""
+    """(features (N, 8W), logits (N, K)) as NumPy arrays; every batch padded to `batch` rows so one kernel set serves all."""
     starts = range(0, len(images), batch)
     feats, logits = [], []
     for i in (progress(starts) if progress else starts):

@@ -18,7 +18,7 @@ from tinygrad import Context, Device, Tensor, TinyJit
 from numpy_ref.data import DATASETS, load_dataset
 from . import features as F
 
-DEFAULTS = dict(steps=2000, batch=128, lr=2e-3, warmup=100, weight_decay=5e-4, width=32, seed=0)
+DEFAULTS = dict(steps=2000, batch=128, lr=5e-3, warmup=100, weight_decay=5e-4, width=16, seed=0)
 BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 # ----------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def build_parser():
     p.add_argument("--lr", type=float, default=d["lr"], help="peak AdamW learning rate")
     p.add_argument("--warmup", type=int, default=d["warmup"], help="linear warm-up steps")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW decoupled weight decay")
-    p.add_argument("--width", type=int, default=d["width"], help="channels of the first conv (features: 4x this)")
+    p.add_argument("--width", type=int, default=d["width"], help="channels of the first conv (features: 8x this)")
     p.add_argument("--shift", type=int, default=None, help="random translation of up to this many pixels "
                                                          "(default: 1/16 of the image side, 2 at 32x32, 0 at 8x8)")
     p.add_argument("--seed", type=int, default=d["seed"], help="seed of the init and of every batch")
