@@ -22,6 +22,7 @@ import numpy as np
 def measure(preset, img_size, channels, num_classes, batch):
     """Measure one preset in this process; returns a dict of numbers."""
     from tinygrad import Context, GlobalCounters, Tensor, TinyJit, nn
+    from tinygrad.uop.ops import Ops
     from tinygrad.engine import realize
 
     import numpy_ref.layers as L
@@ -47,10 +48,18 @@ def measure(preset, img_size, channels, num_classes, batch):
     noise = Tensor(rng.standard_normal((batch, channels, img_size, img_size)).astype(np.float32))
 
     def counted(fn):
-        before, GlobalCounters.kernel_count = len(realize.runtime_cache), 0
-        st = time.perf_counter()
-        fn()
-        return len(realize.runtime_cache) - before, GlobalCounters.kernel_count, time.perf_counter() - st
+        """(distinct programs, launches, seconds) of one call; distinct counts programs run, compiled now or earlier."""
+        seen, track_stats = set(), realize.track_stats
+        def recording(ctx, call, st, ets):
+            seen.update(k.src[0].key for _, k in realize.get_call_kernels(call) if k.src[0].op is Ops.PROGRAM)
+            return track_stats(ctx, call, st, ets)
+        realize.track_stats, GlobalCounters.kernel_count = recording, 0
+        try:
+            st = time.perf_counter()
+            fn()
+            return len(seen), GlobalCounters.kernel_count, time.perf_counter() - st
+        finally:
+            realize.track_stats = track_stats
 
     fwd_kernels, fwd_launches, fwd_compile = counted(lambda: model.forward(p, xb, tb, yb, cfg).realize())
     fwd_time = counted(lambda: model.forward(p, xb, tb, yb, cfg).realize())[2]

@@ -271,11 +271,12 @@ def train(args, callback=None):
     step_fn = make_train_step(state, cfg, args.weight_decay, args.clip)
     stop = StopRequest()
     old_handler = signal.signal(signal.SIGINT, stop) if threading_main() else None
-    losses, t0, step = [], time.perf_counter(), start
+    losses, step_times, t0, step = [], [], time.perf_counter(), start
     bar = tqdm(total=args.steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
     try:
         with open(log_path, "a", buffering=1) as log:   # line-buffered: the log is current while training
             while step < args.steps and not stop.requested:
+                t_step = time.perf_counter()
                 xt, t, noise, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop, cfg.null_class)
                 lr = lr_at(step, args.lr, args.warmup)
                 with Context(TRAINING=1):
@@ -290,11 +291,12 @@ def train(args, callback=None):
                     raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower --lr or check the data")
                 step += 1
                 losses.append(loss)
+                step_times.append(time.perf_counter() - t_step)
                 elapsed = time.perf_counter() - t0
                 log.write(json.dumps(dict(step=step, loss=round(loss, 6), grad_norm=round(gnorm, 4), lr=lr,
                                           time=round(elapsed, 2))) + "\n")
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                bar.set_postfix({"loss": f"{np.mean(losses[-50:]):.4f}", "steps/s": f"{steady_rate(step_times):.2f}"})
                 if callback is not None:
                     callback(step, loss)
                 if args.ckpt_every and step % args.ckpt_every == 0 and step < args.steps:
@@ -310,8 +312,9 @@ def train(args, callback=None):
             signal.signal(signal.SIGINT, old_handler)
     train_time = time.perf_counter() - t0
     save_checkpoint(ckpt, state, cfg, meta_at(step, mean_tail(losses)))
-    summary = dict(step=step, start=start, loss=mean_tail(losses), steps_per_s=(step - start) / max(train_time, 1e-9),
-                   train_time=train_time, ckpt=ckpt, out=args.out, interrupted=stop.requested)
+    summary = dict(step=step, start=start, loss=mean_tail(losses), steps_per_s=steady_rate(step_times),
+                   first_step_s=step_times[0] if step_times else 0.0, train_time=train_time, ckpt=ckpt, out=args.out,
+                   interrupted=stop.requested)
     if stop.requested:
         print(f"stopped at step {step}; checkpoint {ckpt}. Continue with: python -m tinygrad_impl.train --out {args.out} "
               f"--resume --steps {args.steps}")
@@ -320,10 +323,17 @@ def train(args, callback=None):
                        args.sample_n, args.sample_steps, args.guidance, args.seed, device)
     summary["grid"] = grid
     print(f"done: step {step}, loss {summary['loss']:.4f} (mean of the last {min(len(losses), 50)} steps), "
-          f"{summary['steps_per_s']:.2f} steps/s over {train_time / 60:.1f} min\n"
+          f"{summary['steps_per_s']:.2f} steps/s after a first step of {summary['first_step_s']:.0f} s (compiling); "
+          f"{train_time / 60:.1f} min in all\n"
           f"checkpoint {ckpt}\nEMA samples {grid} (row r = class r: {', '.join(ds.class_names[:cfg.num_classes])})\n"
           f"sample more: python -m tinygrad_impl.sample --ckpt {ckpt} --out grid.png   (or numpy_ref.sample, NumPy only)")
     return summary
+
+
+def steady_rate(step_times):
+    """Training steps per second, leaving out the first step of a session (tinygrad compiles in it)."""
+    rest = step_times[1:]
+    return len(rest) / sum(rest) if rest and sum(rest) > 0 else float("nan")
 
 
 def mean_tail(losses, n=50):
