@@ -1,16 +1,34 @@
-"""Samplers: DDPM ancestral and DDIM(eta) with classifier-free guidance, on any eps predictor.
+"""Samplers: DDPM ancestral, DDIM(eta) and DPM-Solver++(2M), with classifier-free guidance, on any eps predictor.
 
-Every sampler is a plan (a list of timesteps with six step coefficients, made
+Every sampler is a plan (a list of timesteps with seven step coefficients, made
 once here in float64 and shared with tinygrad_impl) and one update rule,
 `denoise_step`, which both backends implement:
 
     x0   = clip((x - s1 * eps) / s0)          s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t)
     eps' = (x - s0 * x0) / s1                 (eps made consistent with the clipped x0)
-    x'   = a * x0 + b * x + c * eps' + sigma * z
+    x'   = a * x0 + b * x + c * eps' + d * x0_prev + sigma * z
+
+x0_prev is the x0 of the step before (zeros at the first step); only the multistep
+DPM-Solver++(2M) uses it (d != 0), so denoise_step returns (x', x0) for the next step.
+
+DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2), with alpha = s0,
+sigma_t = s1 and lambda = log(alpha / sigma_t), from t to the next time t' with
+h = lambda' - lambda and r = h_prev / h (h_prev: the step before):
+
+    x' = (sigma_t' / sigma_t) x + alpha' (1 - e^-h) ((1 + 1/(2r)) x0 - 1/(2r) x0_prev)
+
+so b = sigma_t' / sigma_t, a = alpha' (1 - e^-h) (1 + 1/(2r)), d = -alpha' (1 - e^-h) / (2r).
+Three steps are first order, d = 0, i.e. DPM-Solver++(1), which is exactly DDIM with eta = 0:
+the first (no x0_prev yet), the one into the last timestep t = 0 and the final one from t = 0
+to abar = 1 (h infinite; x' = x0). The step into t = 0 is the "lower order final" of the
+DPM-Solver code: on these time-uniform steps it spans a large part of lambda (the linear
+schedule's lambda goes 1.0 -> 4.6 over t = 111 -> 0), and extrapolating x0 across it
+(r = h_prev / h = 0.21 for 10 steps) made 10-25-step samples of Gaussian data (std 0.3-1)
+worse than DDIM's; first order there, they are better at every step count (tests/test_samplers.py).
 """
 import numpy as np
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpmpp2m")
 
 
 def timesteps(sched, steps):
@@ -20,17 +38,33 @@ def timesteps(sched, steps):
     return np.unique(np.round(np.linspace(0, sched.T - 1, steps)).astype(np.int64))[::-1]
 
 
+def log_snr_half(ab):
+    """lambda = log(alpha / sigma) = log(abar / (1 - abar)) / 2 (infinite at abar = 1)."""
+    return 0.5 * (np.log(ab) - np.log1p(-ab)) if ab < 1.0 else np.inf
+
+
 def sampling_plan(sched, sampler="ddim", steps=50, eta=0.0):
-    """[(t, coefs)] with coefs = float64 array (s0, s1, a, b, c, sigma) per step, t descending."""
+    """[(t, coefs)] with coefs = float64 array (s0, s1, a, b, c, sigma, d) per step, t descending.
+    sigma (index 5) scales fresh noise, d (index 6) the previous step's x0."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler == "dpmpp2m" and eta != 0.0:
+        raise ValueError(f"dpmpp2m is deterministic (an ODE solver): eta must be 0, got {eta}")
     ts = timesteps(sched, steps)
     plan = []
     for i, t in enumerate(ts):
         ab = sched.abar[t]
         ab_prev = sched.abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
         s0, s1 = np.sqrt(ab), np.sqrt(1.0 - ab)
-        if sampler == "ddim":
+        d = 0.0
+        if sampler == "dpmpp2m":   # alpha' (1 - e^-h) = alpha' - sigma_t' alpha / sigma_t, finite at abar' = 1 too
+            a = np.sqrt(ab_prev) - np.sqrt(1.0 - ab_prev) * s0 / s1
+            b, c, sigma = np.sqrt(1.0 - ab_prev) / s1, 0.0, 0.0
+            if 0 < i < len(ts) - 2:   # second order once a previous x0 exists, but not into t = 0 nor from there
+                h = log_snr_half(ab_prev) - log_snr_half(ab)
+                r = (log_snr_half(ab) - log_snr_half(sched.abar[ts[i - 1]])) / h
+                a, d = a * (1.0 + 0.5 / r), -a * 0.5 / r
+        elif sampler == "ddim":
             sigma = eta * np.sqrt((1 - ab_prev) / (1 - ab)) * np.sqrt(1 - ab / ab_prev)
             a, b, c = np.sqrt(ab_prev), 0.0, np.sqrt(max(1 - ab_prev - sigma ** 2, 0.0))
         else:   # DDPM posterior q(x_prev | x_t, x0), with the betas of the (possibly respaced) chain
@@ -38,21 +72,26 @@ def sampling_plan(sched, sampler="ddim", steps=50, eta=0.0):
             a = np.sqrt(ab_prev) * beta / (1 - ab)
             b = np.sqrt(1.0 - beta) * (1 - ab_prev) / (1 - ab)
             c, sigma = 0.0, np.sqrt(beta * (1 - ab_prev) / (1 - ab))
-        plan.append((int(t), np.array([s0, s1, a, b, c, sigma], dtype=np.float64)))
+        plan.append((int(t), np.array([s0, s1, a, b, c, sigma, d], dtype=np.float64)))
     return plan
 
 
-def denoise_step(x, eps, coefs, noise=None, clip=True):
-    """One reverse step: x, eps, noise (B, C, H, W), coefs (6,) -> x at the previous timestep."""
-    s0, s1, a, b, c, sigma = (float(v) for v in coefs)
+def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None):
+    """One reverse step: x, eps, noise, x0_prev (B, C, H, W), coefs (7,) -> (x at the previous timestep, x0).
+    noise is used when sigma > 0, x0_prev (the x0 this returned one step before) when d != 0."""
+    s0, s1, a, b, c, sigma, d = (float(v) for v in coefs)
     x0 = (x - s1 * eps) / s0
     if clip:
         x0 = np.clip(x0, -1.0, 1.0)
     eps = (x - s0 * x0) / s1
     out = a * x0 + b * x + c * eps
+    if d != 0:
+        if x0_prev is None:
+            raise ValueError("this step (d != 0, a dpmpp2m step) needs x0_prev: the x0 that the step before returned")
+        out = out + d * x0_prev
     if sigma > 0:
         out = out + sigma * noise
-    return out.astype(x.dtype)
+    return out.astype(x.dtype), x0.astype(x.dtype)
 
 
 def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
@@ -78,8 +117,9 @@ def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=No
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
     plan = sampling_plan(sched, sampler, steps, eta)
+    x0 = np.zeros(shape, np.float32)
     for t, coefs in (progress(plan) if progress else plan):
         eps = guided_eps(eps_fn, x, t, y, guidance, null_class)
         noise = rng.standard_normal(shape).astype(np.float32) if coefs[5] > 0 else None
-        x = denoise_step(x, eps, coefs, noise, clip)
+        x, x0 = denoise_step(x, eps, coefs, noise, clip, x0_prev=x0)
     return x

@@ -6,16 +6,19 @@ from tinygrad import Tensor, TinyJit
 from numpy_ref.samplers import SAMPLERS, sampling_plan, timesteps  # noqa: F401  (shared with numpy_ref)
 
 
-def denoise_step(x, eps, coefs, noise=None, clip=True):
-    """One reverse step: x, eps, noise (B, C, H, W) Tensors, coefs (6,) Tensor -> x at the previous timestep.
-    coefs is a Tensor so one jitted step serves every timestep."""
-    s0, s1, a, b, c, sigma = (coefs[i] for i in range(6))
+def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None):
+    """One reverse step: x, eps, noise, x0_prev (B, C, H, W) Tensors, coefs (7,) Tensor ->
+    (x at the previous timestep, x0). coefs is a Tensor so one jitted step serves every timestep and
+    every sampler; noise and x0_prev (the x0 this returned one step before) may be None when sigma, d are 0."""
+    s0, s1, a, b, c, sigma, d = (coefs[i] for i in range(7))
     x0 = (x - s1 * eps) / s0
     if clip:
         x0 = x0.clip(-1.0, 1.0)
     eps = (x - s0 * x0) / s1
     out = a * x0 + b * x + c * eps
-    return out if noise is None else out + sigma * noise
+    if x0_prev is not None:
+        out = out + d * x0_prev
+    return (out if noise is None else out + sigma * noise), x0
 
 
 def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
@@ -43,14 +46,18 @@ def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=No
     w_t = Tensor([float(guidance)], device=device).realize()
     zeros = np.zeros(shape, np.float32)
 
-    def step(x, t, coefs, noise, y_t, w_t):
+    def step(x, t, coefs, noise, x0_prev, y_t, w_t):
         eps = guided_eps(eps_fn, x, t, y_t, w_t, null_class) if guided else eps_fn(x, t, y_t)
-        return denoise_step(x, eps, coefs, noise, clip).realize()
+        x, x0 = denoise_step(x, eps, coefs, noise, clip, x0_prev)
+        x.realize(x0)
+        return x, x0
 
     step_fn = TinyJit(step) if jit else step
+    x0 = Tensor(zeros, device=device).realize()
     for t, coefs in (progress(plan) if progress else plan):
         noise = rng.standard_normal(shape).astype(np.float32) if coefs[5] > 0 else zeros
         t_t = Tensor(np.full(shape[0], t, np.float32), device=device)
-        x = step_fn(x, t_t, Tensor(coefs.astype(np.float32), device=device), Tensor(noise, device=device),
-                    y_t, w_t).clone().realize()   # clone: the jit reuses its output buffer
+        x, x0 = step_fn(x, t_t, Tensor(coefs.astype(np.float32), device=device), Tensor(noise, device=device),
+                        x0, y_t, w_t)
+        x, x0 = x.clone().realize(), x0.clone().realize()   # clone: the jit reuses its output buffers
     return x.numpy()
