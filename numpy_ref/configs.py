@@ -218,6 +218,32 @@ PRESETS = {
 }
 
 
+# fields a user may set with `--set` (the data decides img_size, in_channels and num_classes; arch is the preset's)
+SETTABLE = tuple(f.name for f in fields(ModelConfig) if f.name not in ("arch", "img_size", "in_channels", "num_classes"))
+
+
+def parse_overrides(items):
+    """["width=112", "channel_mult=1,2,2", "skips=false"] -> {"width": 112, ...}, typed like ModelConfig's fields."""
+    out, kinds = {}, {f.name: type(f.default) for f in fields(ModelConfig)}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep or key not in SETTABLE:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}")
+        kind = kinds[key]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                out[key] = text.lower() in ("true", "1")
+            elif kind is tuple:
+                out[key] = tuple(int(v) for v in text.split(",") if v.strip())
+            else:
+                out[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {key} takes {'true/false' if kind is bool else 'comma-separated ints' if kind is tuple else kind.__name__}, not {text!r}") from None
+    return out
+
+
 def get_config(name, **overrides):
     """A preset by name, with fields replaced (e.g. img_size, in_channels, num_classes from the dataset)."""
     if name not in PRESETS:

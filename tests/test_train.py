@@ -200,3 +200,17 @@ def test_missing_dataset_gives_the_data_message(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "fashion-mnist" in msg and os.path.join(str(tmp_path), "fashion-mnist") in msg
     assert "--download" in msg and "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_set_changes_preset_fields_and_is_kept_on_resume(straight):
+    from numpy_ref.configs import parse_overrides
+    assert parse_overrides(["width=112", "channel_mult=1,2", "skips=false", "mlp_ratio=3"]) == \
+        dict(width=112, channel_mult=(1, 2), skips=False, mlp_ratio=3.0)
+    with pytest.raises(ValueError, match="depth takes int, not 'x'"):
+        parse_overrides(["depth=x"])
+    with pytest.raises(ValueError, match="FIELD one of width"):
+        parse_overrides(["img_size=16"])                      # the data decides it
+    with pytest.raises(ValueError, match="expected FIELD=VALUE"):
+        run(straight[0] / "elsewhere", "--set", "depth")
+    with pytest.raises(ValueError, match=r"--set \['depth=3'\] differs from the checkpoint's \[\]"):
+        train.train(train.build_parser().parse_args(["--out", str(straight[0]), "--resume", "--set", "depth=3"]))

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit
 
-from numpy_ref.configs import PRESETS, get_config
+from numpy_ref.configs import PRESETS, get_config, parse_overrides
 from numpy_ref.data import DATASETS, data_tag, load_dataset
 from numpy_ref.sample import grid_cols, save_grid
 from numpy_ref.schedule import make_schedule, q_sample
@@ -30,7 +30,7 @@ from .models import get_model
 from .sample import sample_images
 
 # run settings: a resumed run takes these from the checkpoint (an explicit, different flag is an error)
-RUN_DEFAULTS = dict(preset="tokenfree-xs", data="shapes", size=None, batch=32, lr=3e-4, warmup=100, weight_decay=0.0,
+RUN_DEFAULTS = dict(preset="tokenfree-xs", set=[], data="shapes", size=None, batch=32, lr=3e-4, warmup=100, weight_decay=0.0,
                     clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000)
 # settings that may change between sessions of one run
 SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=2.0)
@@ -162,6 +162,8 @@ def build_parser():
     d = {**RUN_DEFAULTS, **SESSION_DEFAULTS}
     h = lambda text, k: f"{text} (default {d[k]})"   # run settings default to None so --resume can tell what was given
     p.add_argument("--preset", choices=sorted(PRESETS), help=h("model preset", "preset"))
+    p.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="change fields of the preset's ModelConfig, "
+                   "e.g. --set width=112 depth=9 (matched-size comparisons)")
     p.add_argument("--data", help=h(f"dataset: {', '.join(DATASETS)}", "data"))
     p.add_argument("--size", type=int, help="image size of shapes / folder: data (default 32)")
     p.add_argument("--data-root", default="data", help="where real datasets are looked for and downloaded")
@@ -214,6 +216,7 @@ def settle_args(args):
                 setattr(args, k, v)
         if os.path.exists(ckpt):
             raise ValueError(f"{ckpt} exists: add --resume to continue it, or choose another --out")
+    parse_overrides(args.set)   # a bad --set fails here, before any data is read
     problems = [f"--{k.replace('_', '-')} must be >= 1" for k in ("steps", "batch", "sample_n", "sample_steps", "T")
                 if getattr(args, k) < 1]
     problems += [f"--{k.replace('_', '-')} must be >= 0" for k in ("sample_every", "ckpt_every", "warmup") if getattr(args, k) < 0]
@@ -254,7 +257,7 @@ def train(args, callback=None):
             raise ValueError(f"{resume_from} was trained on {cfg.img_size}x{cfg.img_size}x{cfg.in_channels} images with "
                              f"{cfg.num_classes} classes, but {args.data} gives {H}x{W}x{C} with {ds.num_classes}")
     else:
-        cfg = get_config(args.preset, img_size=H, in_channels=C, num_classes=ds.num_classes)
+        cfg = get_config(args.preset, img_size=H, in_channels=C, num_classes=ds.num_classes, **parse_overrides(args.set))
         state, start = init_state(cfg, args.seed, device), 0
     os.makedirs(args.out, exist_ok=True)
     ckpt, log_path = os.path.join(args.out, "ckpt.safetensors"), os.path.join(args.out, "log.jsonl")
