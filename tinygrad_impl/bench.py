@@ -144,10 +144,10 @@ def torch_uvit(p, x, t, y, cfg):
 TORCH_FORWARDS = {"tokenfree": torch_tokenfree, "uvit": torch_uvit}
 
 
-def torch_params(params, requires_grad=False):
+def torch_params(params, requires_grad=False, device="cpu"):
     """numpy params -> torch float32 tensors (copies, so training one side leaves the other alone)"""
     import torch
-    return {k: torch.tensor(np.asarray(v, np.float32), requires_grad=requires_grad) for k, v in params.items()}
+    return {k: torch.tensor(np.asarray(v, np.float32), requires_grad=requires_grad, device=device) for k, v in params.items()}
 
 
 def torch_forward_numpy(params, x, t, y, cfg):
@@ -198,18 +198,19 @@ def tinygrad_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device=Non
     return step
 
 
-def torch_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999):
-    """step(batch) -> loss: PyTorch eager with the same ingredients (MSE on eps, AdamW, global-norm clip, EMA)."""
+def torch_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device="cpu"):
+    """step(batch) -> loss: PyTorch eager with the same ingredients (MSE on eps, AdamW, global-norm clip, EMA).
+    The batch is copied to `device` inside the step, as tinygrad's is; loss.item() waits for the device."""
     import torch
     from .train import ADAM_EPS, BETAS, ema_decay_at
     forward = TORCH_FORWARDS[cfg.arch]
-    p = torch_params(params, requires_grad=True)
+    p = torch_params(params, requires_grad=True, device=device)
     ema = {k: v.detach().clone() for k, v in p.items()}
     opt = torch.optim.AdamW(list(p.values()), lr=lr, betas=BETAS, eps=ADAM_EPS, weight_decay=0.0)
     k = [0]
 
     def step(b):
-        xt, t, noise, y = (None if a is None else torch.from_numpy(a) for a in b)
+        xt, t, noise, y = (None if a is None else torch.from_numpy(a).to(device) for a in b)
         loss = (forward(p, xt, t, y, cfg) - noise).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -222,12 +223,12 @@ def torch_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999):
     return step
 
 
-def time_training(cfg, batch=32, warmup=3, steps=10, use_torch=True, device=None, seed=0):
+def time_training(cfg, batch=32, warmup=3, steps=10, use_torch=True, device=None, seed=0, torch_device="cpu"):
     """Warm up, then alternate timed steps of tinygrad and PyTorch. Returns a dict of per-step times (s)."""
     params = np_model(cfg.arch).init_params(cfg, seed)
     steppers = {"tinygrad": tinygrad_trainer(cfg, params, device=device)}
     if use_torch and cfg.arch in TORCH_FORWARDS:
-        steppers["torch"] = torch_trainer(cfg, params)
+        steppers["torch"] = torch_trainer(cfg, params, device=torch_device)
     batches = bench_batches(cfg, batch, warmup + steps, seed)
     out = {name: dict(times=[], losses=[]) for name in steppers}
     for name, step in steppers.items():
@@ -350,11 +351,14 @@ def machine():
     if have_torch():
         import torch
         parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        if torch.cuda.is_available():
+            parts.append(f"GPU {torch.cuda.get_device_name()}")
     return ", ".join(parts)
 
 
 def run_benchmark(presets=DEFAULT_PRESETS, batch=32, warmup=3, steps=10, sample_batch=64, sample_steps=50,
-                  guidance=1.0, img_size=32, use_torch=None, sample=True, device=None, print_fn=print, **overrides):
+                  guidance=1.0, img_size=32, use_torch=None, sample=True, device=None, print_fn=print, torch_device="cpu",
+                  **overrides):
     """Measure each preset; print a table as it goes. Returns {preset: dict(train=..., sample=..., params=...)}.
     overrides: ModelConfig fields (tests shrink the model with them)."""
     use_torch = have_torch() if use_torch is None else use_torch
@@ -368,11 +372,11 @@ def run_benchmark(presets=DEFAULT_PRESETS, batch=32, warmup=3, steps=10, sample_
         mirrored = use_torch and cfg.arch in TORCH_FORWARDS
         print_fn(f"\n{name}: {n_params / 1e6:.2f}M params, {img_size}x{img_size}x3, {NUM_CLASSES} classes"
                  + ("" if mirrored or not use_torch else f" (no PyTorch mirror of {cfg.arch})"))
-        train = time_training(cfg, batch, warmup, steps, mirrored, device)
+        train = time_training(cfg, batch, warmup, steps, mirrored, device, torch_device=torch_device)
         tg = train["tinygrad"]
         line = f"  training step, batch {batch} (median of {steps}): tinygrad {tg['median_s']:.3f} s"
         if "torch" in train:
-            line += f", PyTorch {train['torch']['median_s']:.3f} s, ratio {tg['median_s'] / train['torch']['median_s']:.2f}x"
+            line += f", PyTorch ({torch_device}) {train['torch']['median_s']:.3f} s, ratio {tg['median_s'] / train['torch']['median_s']:.2f}x"
         print_fn(line + f"  [tinygrad warm-up incl. compile {tg['warmup_s']:.1f} s]")
         res = dict(params=n_params, train=train)
         if sample:
@@ -417,6 +421,8 @@ def main(argv=None):
     ap.add_argument("--no-sample", action="store_true", help="training only")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     ap.add_argument("--device", default=None, help="tinygrad device (default: DEV or tinygrad's pick)")
+    ap.add_argument("--torch-device", default="cpu", help="PyTorch's device for the training step, e.g. cuda (with "
+                    "--device CUDA); sampling stays on the CPU, so use it with --no-sample")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads of every backend (tinygrad NUM_CPU_THREADS, torch, BLAS); default: all cores. "
                          "On a loaded machine 1 is fairer: 2 threads stall at every barrier when a core is taken")
@@ -428,7 +434,8 @@ def main(argv=None):
     if min(a.batch, a.steps, a.sample_batch, a.sample_steps) < 1:
         ap.error("--batch, --steps, --sample-batch and --sample-steps must be >= 1")
     return run_benchmark(a.presets, a.batch, a.warmup, a.steps, a.sample_batch, a.sample_steps, a.guidance,
-                         use_torch=False if a.no_torch else None, sample=not a.no_sample, device=a.device)
+                         use_torch=False if a.no_torch else None, sample=not a.no_sample, device=a.device,
+                         torch_device=a.torch_device)
 
 
 if __name__ == "__main__":
