@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from numpy_ref.configs import ModelConfig, PRESETS, get_config
 from numpy_ref.models import tokenfree
-from util import assert_close, both_forwards, random_inputs, random_params
+from util import assert_close, both_forwards, opencl_available, random_inputs, random_params
 
 
 @st.composite
@@ -29,16 +29,7 @@ def test_forward_agreement_random_configs(cfg, seed, batch):
     assert_close(ref, out, what=str(cfg))
 
 
-def _opencl_available():
-    try:
-        from tinygrad import Device
-        Device["CL"]
-        return True
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _opencl_available(), reason="no OpenCL device (install pocl-opencl-icd)")
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device (install pocl-opencl-icd)")
 @settings(max_examples=3)
 @given(cfg=configs(), seed=st.integers(0, 2**31 - 1))
 def test_forward_agreement_on_opencl(cfg, seed):

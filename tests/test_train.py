@@ -16,7 +16,8 @@ from numpy_ref import weights as np_weights
 from numpy_ref.configs import get_config
 from numpy_ref.models import get_model as np_model
 from numpy_ref.schedule import make_schedule, q_sample
-from tinygrad_impl import train
+from tinygrad_impl import bench, train
+from util import opencl_available
 
 TINY = ["--preset", "tokenfree-tiny", "--size", "8", "--batch", "2", "--lr", "3e-3", "--warmup", "5",
         "--sample-n", "4", "--sample-steps", "3", "--ckpt-every", "0", "--sample-every", "0"]
@@ -48,6 +49,25 @@ def eval_loss(params, cfg, n=128, seed=123):
     noise = rng.standard_normal(x0.shape).astype(np.float32)
     eps = np_model(cfg.arch).forward(params, q_sample(x0, t, noise, sched), t, ds.labels[:n], cfg)
     return float(np.mean((eps - noise) ** 2))
+
+
+# ----------------------------------------------------------------------------
+# The default preset's step on OpenCL
+# ----------------------------------------------------------------------------
+
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device (install pocl-opencl-icd)")
+def test_the_default_presets_training_step_runs_on_opencl():
+    """tinygrad picks PoCL's CL device before the CPU backend where it is installed, so the README's main job runs
+    there. PoCL cannot link a kernel whose name passes 255 characters; the global grad norm, fused into one kernel
+    of ~100 reductions, made one and aborted the process. Two steps of tokenfree-xs; the first loss is NumPy's."""
+    cfg = get_config(train.RUN_DEFAULTS["preset"], num_classes=bench.NUM_CLASSES)
+    params = bench.randomize_output_layers(np_model(cfg.arch).init_params(cfg, 0), cfg)
+    batches = bench.bench_batches(cfg, 2, 2)
+    xt, t, noise, y = batches[0]
+    ref = float(np.mean((np_model(cfg.arch).forward(params, xt, t, y, cfg) - noise) ** 2))
+    step = bench.tinygrad_trainer(cfg, params, device="CL")
+    assert abs(step(batches[0]) - ref) < 1e-4 * max(1.0, ref)
+    assert np.isfinite(step(batches[1]))
 
 
 # ----------------------------------------------------------------------------

@@ -39,6 +39,16 @@ def both_forwards(cfg, params, x, t, y, device=None):
     return ref, out.numpy()
 
 
+def opencl_available():
+    """True where tinygrad finds an OpenCL device (Debian's pocl-opencl-icd gives one on the CPU)."""
+    try:
+        from tinygrad import Device
+        Device["CL"]
+        return True
+    except Exception:
+        return False
+
+
 def assert_close(a, b, atol=ATOL, rtol=RTOL, what=""):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape, f"{what}: shapes {a.shape} vs {b.shape}"

@@ -112,7 +112,9 @@ def make_train_step(state, cfg, weight_decay=0.0, clip=1.0):
         eps = model.forward(state["params"], xt, t, y, cfg)                          # (B, C, H, W)
         loss = (eps - noise).square().mean()
         grads = loss.gradient(*params)
-        grad_norm = Tensor.stack(*[g.square().sum() for g in grads]).sum().sqrt()
+        # one kernel per parameter's sum: fused, the ~100 reductions make one kernel whose name (a range each) passes
+        # 255 characters, and PoCL (OpenCL on the CPU) cannot link a kernel with a name that long
+        grad_norm = Tensor.stack(*[g.square().sum().contiguous() for g in grads]).sum().sqrt()
         scale = (clip / (grad_norm + 1e-6)).minimum(1.0)                             # clip the global norm
         for p, g, mi, vi, e in zip(params, grads, m, v, ema):
             g = g * scale
