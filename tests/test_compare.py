@@ -1,0 +1,61 @@
+"""The architecture comparison CLI: trains each model with the same budget, evaluates it, tabulates; it resumes,
+and re-evaluates only what changed. Tiny presets on 8x8 shapes and an untrained feature network: the plumbing,
+not the quality (the real table is made by the command in the README)."""
+import json
+
+import numpy as np
+import pytest
+
+from numpy_ref import features as NF
+from numpy_ref import weights as W
+from tinygrad_impl import compare
+
+TINY = {"tokenfree": ("tokenfree-tiny", ["width=24"]), "unet": ("unet-tiny", [])}
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "MATCHED", TINY)
+    fcfg = NF.FeatureConfig(img_size=8, in_channels=3, num_classes=6, width=8)
+    feats = NF.save_features(tmp_path / "feat.safetensors", NF.init_params(fcfg, 0), fcfg, "shapes", 0.5)
+    out = tmp_path / "cmp"
+    common = ["--data", "shapes", "--size", "8", "--batch", "2", "--n", "12", "--sample-steps", "2",
+              "--ckpt-every", "0", "--features", str(feats), "--out", str(out)]
+    return out, common
+
+
+def test_compare_trains_evaluates_tabulates_and_resumes(setup, capsys):
+    out, common = setup
+    compare.main(common + ["--steps", "3"])
+    text = capsys.readouterr().out
+    rows = {r["arch"]: r for r in json.load(open(out / "compare.json"))}
+    assert set(rows) == set(TINY)
+    for arch, r in rows.items():
+        params, cfg, meta = W.load_weights(out / arch / "ckpt.safetensors")
+        assert meta["step"] == 3 and r["steps"] == 3 and r["info"]["step"] == 3
+        assert r["params"] == sum(v.size for v in params.values()) and r["macs"] > 0
+        assert (r["info"]["n"], r["info"]["sampler"], r["info"]["steps"]) == (12, "ddim", 2)
+        assert np.isfinite(r["samples"]["fd"]) and r["ceiling"]["fd"] > r["floor"]["fd"]
+    assert W.load_weights(out / "tokenfree" / "ckpt.safetensors")[1].width == 24   # the --set of MATCHED
+    for line in ("| tokenfree (width=24) | 3 |", "| unet | 3 |", "| real test images (floor) |", "| Gaussian noise (ceiling) |"):
+        assert line in text, f"{line!r} missing from:\n{text}"
+    assert text.rstrip().endswith((out / "compare.md").read_text().rstrip())
+
+    # a larger budget continues each model from its checkpoint and evaluates it again; the rest is kept
+    unet_eval = (out / "unet" / "eval.json").read_text()
+    compare.main(common + ["--steps", "5", "--archs", "tokenfree"])
+    record = json.load(open(out / "tokenfree" / "train.json"))
+    assert record["step"] == 5 and [s["steps"] for s in record["sessions"]] == [3, 2]
+    assert json.load(open(out / "tokenfree" / "eval.json"))["info"]["step"] == 5
+    assert (out / "unet" / "eval.json").read_text() == unet_eval
+    # --table only rebuilds the table; both budgets are stated
+    capsys.readouterr()
+    compare.main(["--table"] + common)
+    text = capsys.readouterr().out
+    assert "| tokenfree (width=24) | 5 |" in text and "| unet | 3 |" in text
+
+
+def test_compare_without_results_says_what_to_run(setup):
+    out, common = setup
+    with pytest.raises(SystemExit, match="no finished models under .*run without --table first"):
+        compare.main(["--table"] + common)
