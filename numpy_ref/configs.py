@@ -32,7 +32,7 @@ class ModelConfig:
     attn_levels: tuple = (2,)     # resolution levels (0 = full size) that have attention
     window: int = 0               # diffit: attention window w (0 = the whole map)
     groups: int = 8               # GroupNorm groups
-    prediction: str = "eps"       # what the network predicts: "eps" (the only one the samplers use now)
+    prediction: str = "eps"       # what the network predicts: "eps", or "v" = sqrt(abar) eps - sqrt(1 - abar) x0
     # -- fields of one architecture only (each added under its own marker) --
     # [uvit fields]
     mlp_time_embed: bool = False  # uvit: time token = Linear(D,4D)-SiLU-Linear(4D,D) of the sinusoid (official option, off in every official config)
@@ -115,8 +115,8 @@ class ModelConfig:
         # [snapgen_unet checks]
         if self.arch == "snapgen_unet" and self.conv_expansion < 1:
             problems.append(f"conv_expansion={self.conv_expansion} must be >= 1")
-        if self.prediction != "eps":
-            problems.append(f"prediction={self.prediction!r}: only 'eps' is supported")
+        if self.prediction not in ("eps", "v"):
+            problems.append(f"prediction={self.prediction!r} must be 'eps' or 'v'")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
         # JSON gives lists; keep tuples so configs stay hashable and comparable
@@ -218,8 +218,10 @@ PRESETS = {
 }
 
 
-# fields a user may set with `--set` (the data decides img_size, in_channels and num_classes; arch is the preset's)
-SETTABLE = tuple(f.name for f in fields(ModelConfig) if f.name not in ("arch", "img_size", "in_channels", "num_classes"))
+# fields a user may set with `--set` (the data decides img_size, in_channels and num_classes; arch is the preset's;
+# prediction has its own flag)
+SETTABLE = tuple(f.name for f in fields(ModelConfig)
+                 if f.name not in ("arch", "img_size", "in_channels", "num_classes", "prediction"))
 
 
 def parse_overrides(items):

@@ -138,7 +138,8 @@ def sample_images(params, cfg, sched, n, sampler="ddim", steps=50, eta=0.0, seed
     y = grid_labels(n, cfg.num_classes, label=label)
     eps_fn = lambda x, t, yy: model.forward(params, x, t, yy, cfg)
     shape = (n, cfg.in_channels, cfg.img_size, cfg.img_size)
-    return run_sampler(eps_fn, shape, sched, sampler, steps, eta, seed, y, guidance, cfg.null_class, progress=progress)
+    return run_sampler(eps_fn, shape, sched, sampler, steps, eta, seed, y, guidance, cfg.null_class, progress=progress,
+                       prediction=cfg.prediction)
 
 
 def main(argv=None):

@@ -5,6 +5,7 @@ once here in float64 and shared with tinygrad_impl) and one update rule,
 `denoise_step`, which both backends implement:
 
     x0   = clip((x - s1 * eps) / s0)          s0 = sqrt(abar_t), s1 = sqrt(1 - abar_t)
+           (a v-predicting model: x0 = clip(s0 * x - s1 * v), no division by s0, which is ~0.01 at t = T - 1)
     eps' = (x - s0 * x0) / s1                 (eps made consistent with the clipped x0)
     x'   = a * x0 + b * x + c * eps' + d * x0_prev + sigma * z
 
@@ -76,11 +77,12 @@ def sampling_plan(sched, sampler="ddim", steps=50, eta=0.0):
     return plan
 
 
-def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None):
+def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None, prediction="eps"):
     """One reverse step: x, eps, noise, x0_prev (B, C, H, W), coefs (7,) -> (x at the previous timestep, x0).
-    noise is used when sigma > 0, x0_prev (the x0 this returned one step before) when d != 0."""
+    eps is the model's output: eps, or v when prediction is "v". noise is used when sigma > 0, x0_prev (the x0
+    this returned one step before) when d != 0."""
     s0, s1, a, b, c, sigma, d = (float(v) for v in coefs)
-    x0 = (x - s1 * eps) / s0
+    x0 = s0 * x - s1 * eps if prediction == "v" else (x - s1 * eps) / s0
     if clip:
         x0 = np.clip(x0, -1.0, 1.0)
     eps = (x - s0 * x0) / s1
@@ -95,7 +97,8 @@ def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None):
 
 
 def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
-    """Classifier-free guidance: eps_u + w (eps_c - eps_u), both halves in one batch of 2B.
+    """Classifier-free guidance: eps_u + w (eps_c - eps_u), both halves in one batch of 2B (the same for v:
+    eps is affine in v at a fixed x_t, so guiding v guides eps).
     eps_fn(x (B,C,H,W), t (B,), y (B,) or None) -> (B,C,H,W); with y None or w == 1 it is called once."""
     B = len(x)
     tt = np.full(B, t, dtype=np.int64)
@@ -110,10 +113,10 @@ def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
 
 
 def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=None, guidance=1.0,
-           null_class=None, clip=True, progress=None):
+           null_class=None, clip=True, progress=None, prediction="eps"):
     """Draw images (B, C, H, W) in [-1, 1]. Noise comes from np.random.default_rng(seed): the initial
     x_T first, then one draw per step whose sigma > 0, so a seed gives the same images everywhere.
-    progress: optional wrapper over the plan (e.g. tqdm)."""
+    progress: optional wrapper over the plan (e.g. tqdm). prediction: what eps_fn returns, "eps" or "v"."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
     plan = sampling_plan(sched, sampler, steps, eta)
@@ -121,5 +124,5 @@ def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=No
     for t, coefs in (progress(plan) if progress else plan):
         eps = guided_eps(eps_fn, x, t, y, guidance, null_class)
         noise = rng.standard_normal(shape).astype(np.float32) if coefs[5] > 0 else None
-        x, x0 = denoise_step(x, eps, coefs, noise, clip, x0_prev=x0)
+        x, x0 = denoise_step(x, eps, coefs, noise, clip, x0_prev=x0, prediction=prediction)
     return x

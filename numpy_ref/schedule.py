@@ -39,6 +39,17 @@ def q_sample(x0, t, noise, sched):
     return (np.sqrt(ab) * x0 + np.sqrt(1.0 - ab) * noise).astype(x0.dtype)
 
 
+def training_target(x0, t, noise, sched, prediction="eps"):
+    """What the network learns to output at x_t: eps (the noise), or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+    (Salimans & Ho 2022, arXiv 2202.00512). x0, noise (B, ...), t (B,) int -> (B, ...) in x0's dtype."""
+    if prediction == "eps":
+        return noise
+    if prediction != "v":
+        raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
+    ab = sched.abar[np.asarray(t)].reshape(-1, *([1] * (x0.ndim - 1)))
+    return (np.sqrt(ab) * noise - np.sqrt(1.0 - ab) * x0).astype(x0.dtype)
+
+
 def snr(sched):
     """Signal-to-noise ratio abar / (1 - abar) per timestep, (T,)."""
     return sched.abar / (1.0 - sched.abar)

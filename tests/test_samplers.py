@@ -7,7 +7,7 @@ from tinygrad import Tensor
 from numpy_ref import samplers as S
 from numpy_ref.configs import PRESETS
 from numpy_ref.models import tokenfree
-from numpy_ref.schedule import make_schedule, q_sample, snr
+from numpy_ref.schedule import make_schedule, q_sample, snr, training_target
 from tinygrad_impl import samplers as TS
 from tinygrad_impl.models import tokenfree as tg_tokenfree
 from tinygrad_impl.weights import to_tensors
@@ -68,6 +68,37 @@ def test_perfect_denoiser_recovers_the_data_point(sampler, steps, eta):
     x0 = np.random.default_rng(0).uniform(-0.9, 0.9, (2, 1, 4, 4)).astype(np.float32)
     out = S.sample(oracle(x0), x0.shape, make_schedule(), sampler, steps, eta, seed=3)
     np.testing.assert_allclose(out, x0, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler, steps, eta", [("ddim", 10, 0.0), ("ddpm", 40, 0.0), ("dpmpp2m", 10, 0.0)])
+def test_a_v_predicting_model_samples_like_the_eps_model_it_equals(sampler, steps, eta):
+    """v = sqrt(abar) eps - sqrt(1 - abar) x0: the v that the oracle's eps implies, given to the sampler as v, draws
+    the same images as the eps (and recovers the data point)."""
+    sched, x0 = make_schedule(), np.random.default_rng(1).uniform(-0.9, 0.9, (2, 3, 4, 4)).astype(np.float32)
+    eps_fn = oracle(x0)
+
+    def v_fn(x, t, y):
+        ab = sched.abar[t][:, None, None, None]
+        return (np.sqrt(ab) * eps_fn(x, t, y) - np.sqrt(1 - ab) * (x - np.sqrt(1 - ab) * eps_fn(x, t, y)) / np.sqrt(ab))
+    ref = S.sample(eps_fn, x0.shape, sched, sampler, steps, eta, seed=5)
+    out = S.sample(v_fn, x0.shape, sched, sampler, steps, eta, seed=5, prediction="v")
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+    np.testing.assert_allclose(out, x0, atol=1e-4)
+
+
+def test_training_target_v_is_the_v_of_the_sampler():
+    """The v that training_target makes for (x0, eps) gives back x0 through denoise_step's v branch (no clip)."""
+    sched, rng = make_schedule(), np.random.default_rng(2)
+    x0, noise = rng.uniform(-1, 1, (3, 3, 4, 4)), rng.standard_normal((3, 3, 4, 4))
+    plan = S.sampling_plan(sched, "ddim", 10)
+    for t, coefs in plan:
+        tt = np.full(3, t)
+        v = training_target(x0, tt, noise, sched, "v")
+        _, x0_hat = S.denoise_step(q_sample(x0, tt, noise, sched), v, coefs, clip=False, prediction="v")
+        np.testing.assert_allclose(x0_hat, x0, atol=1e-9)
+    assert training_target(x0, tt, noise, sched, "eps") is noise
+    with pytest.raises(ValueError, match="unknown prediction 'x0'"):
+        training_target(x0, tt, noise, sched, "x0")
 
 
 def test_ddim_eta0_is_deterministic_and_draws_no_noise_after_the_start():
@@ -188,22 +219,23 @@ def test_classifier_free_guidance_is_the_linear_combination():
 # ----------------------------------------------------------------------------
 
 @given(seed=st.integers(0, 2**31 - 1), sampler=st.sampled_from(["ddim", "ddpm", "dpmpp2m"]),
-       eta=st.sampled_from([0.0, 0.5]), clip=st.booleans())
-def test_denoise_step_matches_numpy(seed, sampler, eta, clip):
+       eta=st.sampled_from([0.0, 0.5]), clip=st.booleans(), prediction=st.sampled_from(["eps", "v"]))
+def test_denoise_step_matches_numpy(seed, sampler, eta, clip, prediction):
     rng = np.random.default_rng(seed)
     plan = S.sampling_plan(make_schedule(), sampler, 17, 0.0 if sampler == "dpmpp2m" else eta)
     t, coefs = plan[rng.integers(len(plan))]
     x, eps, noise, x0_prev = (rng.standard_normal((2, 3, 4, 4)).astype(np.float32) for _ in range(4))
-    ref, ref_x0 = S.denoise_step(x, eps, coefs, noise, clip, x0_prev)
+    ref, ref_x0 = S.denoise_step(x, eps, coefs, noise, clip, x0_prev, prediction)
     out, out_x0 = TS.denoise_step(Tensor(x), Tensor(eps), Tensor(coefs.astype(np.float32)), Tensor(noise), clip,
-                                  Tensor(x0_prev))
+                                  Tensor(x0_prev), prediction)
     assert_close(ref, out.numpy(), what=f"{sampler} t={t}")
     assert_close(ref_x0, out_x0.numpy(), what=f"x0 of {sampler} t={t}")
 
 
-@pytest.mark.parametrize("sampler, eta, guidance", [("ddim", 0.0, 2.0), ("ddim", 1.0, 1.0), ("ddpm", 0.0, 3.0),
-                                                    ("dpmpp2m", 0.0, 2.0)])
-def test_tinygrad_sampler_matches_numpy_with_the_same_seed(sampler, eta, guidance):
+@pytest.mark.parametrize("sampler, eta, guidance, prediction", [("ddim", 0.0, 2.0, "eps"), ("ddim", 1.0, 1.0, "eps"),
+                                                                ("ddpm", 0.0, 3.0, "eps"), ("dpmpp2m", 0.0, 2.0, "eps"),
+                                                                ("ddim", 0.0, 2.0, "v")])
+def test_tinygrad_sampler_matches_numpy_with_the_same_seed(sampler, eta, guidance, prediction):
     cfg = PRESETS["tokenfree-tiny"]
     p = random_params(cfg, 5)
     pt = to_tensors(p)
@@ -212,8 +244,9 @@ def test_tinygrad_sampler_matches_numpy_with_the_same_seed(sampler, eta, guidanc
     sched, shape, y = make_schedule(), (B, 3, 8, 8), np.arange(B) % cfg.num_classes
     steps = []
     ref = S.sample(lambda x, t, y: tokenfree.forward(p, x, t, y, cfg), shape, sched, sampler, 8, eta, seed=7, y=y,
-                   guidance=guidance, null_class=cfg.null_class, progress=lambda plan: [steps.append(s) or s for s in plan])
+                   guidance=guidance, null_class=cfg.null_class, progress=lambda plan: [steps.append(s) or s for s in plan],
+                   prediction=prediction)
     out = TS.sample(lambda x, t, y: tg_tokenfree.forward(pt, x, t, y, cfg), shape, sched, sampler, 8, eta, seed=7, y=y,
-                    guidance=guidance, null_class=cfg.null_class)
+                    guidance=guidance, null_class=cfg.null_class, prediction=prediction)
     assert len(steps) == 8 and np.abs(ref).max() > 0.1
     assert_close(ref, out, atol=5e-4, what=sampler)   # 8 chained steps of the float32 model

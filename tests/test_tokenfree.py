@@ -85,6 +85,7 @@ def test_zero_padding_of_the_stem_is_where_position_comes_from():
     (dict(img_size=30, stride=4), "not divisible by the stem stride 4"),
     (dict(arch="vit"), "arch 'vit' is not one of"),
     (dict(num_classes=-1), "num_classes"),
+    (dict(prediction="x0"), "prediction='x0' must be 'eps' or 'v'"),
 ])
 def test_bad_configs_raise_value_errors(bad, match):
     with pytest.raises(ValueError, match=match):

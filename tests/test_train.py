@@ -15,7 +15,7 @@ from numpy_ref import data as D
 from numpy_ref import weights as np_weights
 from numpy_ref.configs import get_config
 from numpy_ref.models import get_model as np_model
-from numpy_ref.schedule import make_schedule, q_sample
+from numpy_ref.schedule import make_schedule, q_sample, training_target
 from tinygrad_impl import bench, train
 from util import opencl_available
 
@@ -40,15 +40,15 @@ def straight(tmp_path_factory):
 
 
 def eval_loss(params, cfg, n=128, seed=123):
-    """Mean |eps - eps_hat|^2 of the NumPy model on fixed held-out draws from the shapes test split."""
+    """Mean |target - output|^2 of the NumPy model (target: eps or v) on fixed held-out draws from the shapes test split."""
     ds = D.load_dataset("shapes", "test", size=cfg.img_size)
     rng = np.random.default_rng(seed)
     sched = make_schedule()
     x0 = ds.images[:n]
     t = rng.integers(0, sched.T, n)
     noise = rng.standard_normal(x0.shape).astype(np.float32)
-    eps = np_model(cfg.arch).forward(params, q_sample(x0, t, noise, sched), t, ds.labels[:n], cfg)
-    return float(np.mean((eps - noise) ** 2))
+    out = np_model(cfg.arch).forward(params, q_sample(x0, t, noise, sched), t, ds.labels[:n], cfg)
+    return float(np.mean((out - training_target(x0, t, noise, sched, cfg.prediction)) ** 2))
 
 
 # ----------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def test_thirty_steps_lower_the_loss_and_write_everything(straight):
     params, cfg, meta = np_weights.load_weights(out / "ckpt.safetensors")
     assert meta["step"] == STEPS and meta["data"] == "shapes" and meta["schedule"] == "linear" and meta["T"] == 1000
     assert meta["seed"] == 0 and meta["batch"] == 2 and meta["class_names"] == list(D.SHAPES)
-    assert (cfg.img_size, cfg.in_channels, cfg.num_classes) == (8, 3, 6)
+    assert (cfg.img_size, cfg.in_channels, cfg.num_classes, cfg.prediction) == (8, 3, 6, "v")   # the CLI's default
     init = np_model(cfg.arch).init_params(cfg, seed=0)
     before, after = eval_loss(init, cfg), eval_loss(params, cfg)
     assert after < 0.85 * before, f"held-out loss {before:.3f} -> {after:.3f}: training did not learn"
@@ -171,6 +171,13 @@ def test_schedules_and_batches():
     assert 0.08 < dropped < 0.12, f"label dropout {dropped:.3f}, expected 0.1"
     ds0 = D.Dataset(ds.images, np.zeros(len(ds), np.int64), 0, ["all"], "one")
     assert train.batch_at(0, 0, ds0, 4, sched, 0.1, 0)[3] is None
+    # a v-predicting model's batch: the same x_t, t, y; the target is v = sqrt(abar) eps - sqrt(1 - abar) x0
+    xt, t, v, y = train.batch_at(7, 1, ds, 64, sched, 0.1, 6, prediction="v")
+    x0_noise = train.batch_at(7, 1, ds, 64, sched, 0.1, 6)
+    np.testing.assert_array_equal(xt, x0_noise[0])
+    ab = sched.abar[t][:, None, None, None]
+    x0 = (xt - np.sqrt(1 - ab) * x0_noise[2]) / np.sqrt(ab)
+    np.testing.assert_allclose(v, np.sqrt(ab) * x0_noise[2] - np.sqrt(1 - ab) * x0, atol=2e-5)
 
 
 # ----------------------------------------------------------------------------

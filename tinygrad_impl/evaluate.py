@@ -71,7 +71,8 @@ def generate(params, cfg, sched, n, sampler="ddim", steps=50, eta=0.0, guidance=
         from numpy_ref.samplers import sample
         model = get_model(cfg.arch)
         eps_fn = lambda x, t, y: model.forward(params, x, t, y, cfg)  # noqa: E731
-        run = lambda seed_i, y: sample(eps_fn, shape, sched, sampler, steps, eta, seed_i, y, guidance, cfg.null_class)  # noqa: E731
+        run = lambda seed_i, y: sample(eps_fn, shape, sched, sampler, steps, eta, seed_i, y, guidance, cfg.null_class,  # noqa: E731
+                                       prediction=cfg.prediction)
     else:
         from .models import get_model
         from .samplers import sample
@@ -79,7 +80,7 @@ def generate(params, cfg, sched, n, sampler="ddim", steps=50, eta=0.0, guidance=
         model, params_t = get_model(cfg.arch), to_tensors(params, device)
         eps_fn = lambda x, t, y: model.forward(params_t, x, t, y, cfg)  # noqa: E731
         run = lambda seed_i, y: sample(eps_fn, shape, sched, sampler, steps, eta, seed_i, y, guidance, cfg.null_class,  # noqa: E731
-                                       device=device)
+                                       device=device, prediction=cfg.prediction)
     out = []
     starts = range(0, n, batch)
     for i, start in enumerate(progress(starts) if progress else starts):

@@ -6,12 +6,12 @@ from tinygrad import Tensor, TinyJit
 from numpy_ref.samplers import SAMPLERS, sampling_plan, timesteps  # noqa: F401  (shared with numpy_ref)
 
 
-def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None):
+def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None, prediction="eps"):
     """One reverse step: x, eps, noise, x0_prev (B, C, H, W) Tensors, coefs (7,) Tensor ->
     (x at the previous timestep, x0). coefs is a Tensor so one jitted step serves every timestep and
     every sampler; noise and x0_prev (the x0 this returned one step before) may be None when sigma, d are 0."""
     s0, s1, a, b, c, sigma, d = (coefs[i] for i in range(7))
-    x0 = (x - s1 * eps) / s0
+    x0 = s0 * x - s1 * eps if prediction == "v" else (x - s1 * eps) / s0
     if clip:
         x0 = x0.clip(-1.0, 1.0)
     eps = (x - s0 * x0) / s1
@@ -35,7 +35,7 @@ def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
 
 
 def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=None, guidance=1.0,
-           null_class=None, clip=True, progress=None, device=None, jit=True):
+           null_class=None, clip=True, progress=None, device=None, jit=True, prediction="eps"):
     """Draw images (B, C, H, W) as a NumPy array; the same draws, in the same order, as numpy_ref.samplers.sample.
     eps_fn(x, t, y) works on Tensors. With jit, the whole step (model, guidance, update) is one TinyJit."""
     rng = np.random.default_rng(seed)
@@ -48,7 +48,7 @@ def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=No
 
     def step(x, t, coefs, noise, x0_prev, y_t, w_t):
         eps = guided_eps(eps_fn, x, t, y_t, w_t, null_class) if guided else eps_fn(x, t, y_t)
-        x, x0 = denoise_step(x, eps, coefs, noise, clip, x0_prev)
+        x, x0 = denoise_step(x, eps, coefs, noise, clip, x0_prev, prediction)
         x.realize(x0)
         return x, x0
 

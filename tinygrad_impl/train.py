@@ -24,14 +24,16 @@ from tinygrad import Context, Device, Tensor, TinyJit
 from numpy_ref.configs import PRESETS, get_config, parse_overrides
 from numpy_ref.data import DATASETS, data_tag, load_dataset
 from numpy_ref.sample import grid_cols, save_grid
-from numpy_ref.schedule import make_schedule, q_sample
+from numpy_ref.schedule import make_schedule, q_sample, training_target
 from . import weights
 from .models import get_model
 from .sample import sample_images
 
 # run settings: a resumed run takes these from the checkpoint (an explicit, different flag is an error)
-RUN_DEFAULTS = dict(preset="tokenfree-xs", set=[], data="shapes", size=None, batch=32, lr=3e-4, warmup=100, weight_decay=0.0,
-                    clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000)
+# v-prediction and lr 1e-3 (DESIGN 4b says eps and 2e-4..3e-4): measured on the default run, 2000 steps with eps at
+# 3e-4 or 1e-3 gave striped colour noise (eps at t > 600 is never precise enough, x0 = (x - s1 eps) / s0 blows it up)
+RUN_DEFAULTS = dict(preset="tokenfree-xs", set=[], prediction="v", data="shapes", size=None, batch=32, lr=1e-3, warmup=100,
+                    weight_decay=0.0, clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000)
 # settings that may change between sessions of one run
 SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=2.0)
 BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
@@ -98,7 +100,8 @@ def load_checkpoint(path, device=None):
 # ----------------------------------------------------------------------------
 
 def make_train_step(state, cfg, weight_decay=0.0, clip=1.0):
-    """step(xt, t, noise, y, lr, decay, bc1, bc2) -> (loss, grad_norm): one AdamW update of state in place.
+    """step(xt, t, target, y, lr, decay, bc1, bc2) -> (loss, grad_norm): one AdamW update of state in place.
+    target is what the model should output (the noise, or v: see training_target)
     Scalars that change (lr, EMA decay, Adam bias corrections) come in as (1,) Tensors so one JIT serves all steps."""
     model = get_model(cfg.arch)
     # the canonical parameter order, not the dict's: a file loads in sorted order, and the order of the
@@ -108,9 +111,9 @@ def make_train_step(state, cfg, weight_decay=0.0, clip=1.0):
     b1, b2 = BETAS
 
     @TinyJit
-    def step(xt, t, noise, y, lr, decay, bc1, bc2):
-        eps = model.forward(state["params"], xt, t, y, cfg)                          # (B, C, H, W)
-        loss = (eps - noise).square().mean()
+    def step(xt, t, target, y, lr, decay, bc1, bc2):
+        out = model.forward(state["params"], xt, t, y, cfg)                          # (B, C, H, W)
+        loss = (out - target).square().mean()
         grads = loss.gradient(*params)
         # one kernel per parameter's sum: fused, the ~100 reductions make one kernel whose name (a range each) passes
         # 255 characters, and PoCL (OpenCL on the CPU) cannot link a kernel with a name that long
@@ -131,8 +134,9 @@ def make_train_step(state, cfg, weight_decay=0.0, clip=1.0):
     return step
 
 
-def batch_at(step, seed, ds, batch, sched, label_drop, null_class):
-    """(xt, t, noise, y) of training step `step`, drawn from default_rng([seed, step]); y None if unconditional."""
+def batch_at(step, seed, ds, batch, sched, label_drop, null_class, prediction="eps"):
+    """(xt, t, target, y) of training step `step`, drawn from default_rng([seed, step]); y None if unconditional.
+    target is the noise (prediction "eps") or v."""
     rng = np.random.default_rng([seed, step])
     idx = rng.integers(0, len(ds), batch)
     t = rng.integers(0, sched.T, batch)
@@ -141,7 +145,7 @@ def batch_at(step, seed, ds, batch, sched, label_drop, null_class):
     xt = q_sample(x0, t, noise, sched)
     drop = rng.random(batch) < label_drop
     y = None if not ds.num_classes else np.where(drop, null_class, ds.labels[idx])
-    return xt, t, noise, y
+    return xt, t, training_target(x0, t, noise, sched, prediction), y
 
 
 # ----------------------------------------------------------------------------
@@ -166,6 +170,8 @@ def build_parser():
     p.add_argument("--preset", choices=sorted(PRESETS), help=h("model preset", "preset"))
     p.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="change fields of the preset's ModelConfig, "
                    "e.g. --set width=112 depth=9 (matched-size comparisons)")
+    p.add_argument("--prediction", choices=("eps", "v"), help=h("what the model learns to output: the noise eps, or "
+                   "v = sqrt(abar) eps - sqrt(1 - abar) x0", "prediction"))
     p.add_argument("--data", help=h(f"dataset: {', '.join(DATASETS)}", "data"))
     p.add_argument("--size", type=int, help="image size of shapes / folder: data (default 32)")
     p.add_argument("--data-root", default="data", help="where real datasets are looked for and downloaded")
@@ -259,7 +265,8 @@ def train(args, callback=None):
             raise ValueError(f"{resume_from} was trained on {cfg.img_size}x{cfg.img_size}x{cfg.in_channels} images with "
                              f"{cfg.num_classes} classes, but {args.data} gives {H}x{W}x{C} with {ds.num_classes}")
     else:
-        cfg = get_config(args.preset, img_size=H, in_channels=C, num_classes=ds.num_classes, **parse_overrides(args.set))
+        cfg = get_config(args.preset, img_size=H, in_channels=C, num_classes=ds.num_classes, prediction=args.prediction,
+                         **parse_overrides(args.set))
         state, start = init_state(cfg, args.seed, device), 0
     os.makedirs(args.out, exist_ok=True)
     ckpt, log_path = os.path.join(args.out, "ckpt.safetensors"), os.path.join(args.out, "log.jsonl")
@@ -282,11 +289,12 @@ def train(args, callback=None):
         with open(log_path, "a", buffering=1) as log:   # line-buffered: the log is current while training
             while step < args.steps and not stop.requested:
                 t_step = time.perf_counter()
-                xt, t, noise, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop, cfg.null_class)
+                xt, t, target, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop, cfg.null_class,
+                                            cfg.prediction)
                 lr = lr_at(step, args.lr, args.warmup)
                 with Context(TRAINING=1):
                     loss, gnorm = step_fn(Tensor(xt, device=device), Tensor(t.astype(np.float32), device=device),
-                                          Tensor(noise, device=device),
+                                          Tensor(target, device=device),
                                           None if y is None else Tensor(y.astype(np.int32), device=device),
                                           Tensor([lr], device=device), Tensor([ema_decay_at(step, args.ema_decay)], device=device),
                                           Tensor([1 - BETAS[0] ** (step + 1)], device=device),
