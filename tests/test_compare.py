@@ -59,3 +59,11 @@ def test_compare_without_results_says_what_to_run(setup):
     out, common = setup
     with pytest.raises(SystemExit, match="no finished models under .*run without --table first"):
         compare.main(["--table"] + common)
+
+
+def test_every_matched_entry_builds_for_fashion_mnist_at_about_the_same_size():
+    """MATCHED is sized for MNIST-likes (1x32x32 after padding, 10 classes): every entry is a valid config there,
+    within 10% of 1.5M parameters."""
+    sizes = {arch: compare.size_of(arch, (1, 32, 32), 10) for arch in compare.MATCHED}
+    for arch, (params, macs) in sizes.items():
+        assert 1.35e6 < params < 1.65e6 and macs > 1e8, (arch, params, macs)

@@ -4,7 +4,7 @@
     python -m tinygrad_impl.compare --archs tokenfree unet --steps 300 --n 2000      # a subset, a smaller budget
     python -m tinygrad_impl.compare --table                                          # only rebuild the table
 
-For each architecture in MATCHED (about 1.5M parameters each on 28x28x1 images) it trains with
+For each entry of MATCHED (about 1.5M parameters each on 32x32x1 images) it trains with
 tinygrad_impl.train (same steps, batch, lr, seed and data order for all), evaluates the EMA weights with
 tinygrad_impl.evaluate (FD, KID, precision/recall, class accuracy on the project's own classifier), counts
 parameters and MACs with numpy_ref, and writes <out>/compare.md and compare.json. It is resumable: a
@@ -23,8 +23,8 @@ import numpy as np
 
 from numpy_ref.configs import get_config, parse_overrides
 
-# entry -> (preset, --set overrides): about 1.5M parameters at 28x28x1, 10 classes (MNIST, Fashion-MNIST).
-# Token size 2x2 for both transformers (stride / patch 2), so each sees a 14x14 grid as the U-Nets see 28x28.
+# entry -> (preset, --set overrides): about 1.5M parameters at 32x32x1 (MNIST, Fashion-MNIST: 28x28 padded), 10 classes.
+# Token size 2x2 for both transformers (stride / patch 2): each sees a 16x16 grid.
 MATCHED = {
     "tokenfree": ("tokenfree-xs", ["stride=2", "width=104"]),
     "tokenfree_no_pos_conv": ("tokenfree-xs", ["stride=2", "width=104", "pos_conv=false"]),   # DESIGN 3.1 ablation
@@ -32,7 +32,7 @@ MATCHED = {
     "unet": ("unet-xs", []),
     "mobile_unet": ("mobile_unet-xs", []),
     "snapgen_unet": ("snapgen_unet-xs", ["channels=28", "groups=4"]),
-    "diffit": ("diffit-xs", ["window=7", "channels=40"]),
+    "diffit": ("diffit-xs", ["window=8", "channels=40"]),
 }
 
 
@@ -162,8 +162,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m tinygrad_impl.compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--archs", nargs="+", default=list(MATCHED), choices=list(MATCHED))
-    p.add_argument("--data", default="fashion-mnist", help="dataset (MATCHED is sized for 28x28x1: mnist, fashion-mnist)")
-    p.add_argument("--size", type=int, default=None, help="image size of shapes / folder: data (28 fits MATCHED)")
+    p.add_argument("--data", default="fashion-mnist", help="dataset (MATCHED is sized for 32x32x1: mnist, fashion-mnist)")
+    p.add_argument("--size", type=int, default=None, help="image size of shapes / folder: data")
     p.add_argument("--data-root", default="data")
     p.add_argument("--steps", type=int, default=4000, help="training steps of every model")
     p.add_argument("--batch", type=int, default=128)
