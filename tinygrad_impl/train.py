@@ -163,8 +163,7 @@ def sample_grid(params, cfg, sched, path, n=36, steps=25, guidance=2.0, seed=0, 
 # ----------------------------------------------------------------------------
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m tinygrad_impl.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m tinygrad_impl.train", description=__doc__.split("\n\n")[0])
     d = {**RUN_DEFAULTS, **SESSION_DEFAULTS}
     h = lambda text, k: f"{text} (default {d[k]})"   # run settings default to None so --resume can tell what was given
     p.add_argument("--preset", choices=sorted(PRESETS), help=h("model preset", "preset"))
@@ -174,7 +173,7 @@ def build_parser():
                    "v = sqrt(abar) eps - sqrt(1 - abar) x0", "prediction"))
     p.add_argument("--data", help=h(f"dataset: {', '.join(DATASETS)}", "data"))
     p.add_argument("--size", type=int, help="image size of shapes / folder: data (default 32)")
-    p.add_argument("--data-root", default="data", help="where real datasets are looked for and downloaded")
+    p.add_argument("--data-root", default="data", help="where real datasets are looked for and downloaded (default data)")
     p.add_argument("--download", action="store_true", help="download a missing dataset (checks its MD5)")
     p.add_argument("--steps", type=int, help=h("train until this step count (total, also with --resume)", "steps"))
     p.add_argument("--batch", type=int, help=h("batch size", "batch"))
