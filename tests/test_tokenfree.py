@@ -80,6 +80,19 @@ def test_zero_padding_of_the_stem_is_where_position_comes_from():
     assert np.abs(tokens[0, 0] - interior[0]).max() > 1e-3         # the corner knows it is a corner
 
 
+def test_the_conditioning_vector_starts_at_unit_scale_and_differs_by_class():
+    """Init decision (DESIGN.md is silent): a N(0, 1) class embedding and a Xavier time MLP make c = temb + yemb O(1)
+    from step 0. With DiT's N(0, 0.02) for both, |c| was ~0.01, the zero-init adaLN layers learn ~100x slower from
+    so small an input, and 2000 steps of the main job drew shapes that ignored their class."""
+    cfg = get_config("tokenfree-xs", num_classes=6)
+    p = tokenfree.init_params(cfg, 0)
+    t = np.array([10, 500, 990])
+    c0, c1 = (tokenfree.conditioning(p, t, np.full(3, y), cfg, np.float32) for y in (0, 1))   # (3, D) each
+    assert 0.3 < np.abs(c0).mean() < 3
+    assert np.abs(c0 - c1).mean() > 0.5                         # the class moves c as much as c is large
+    assert np.abs(c0[0] - c0[2]).mean() > 0.05                  # and the time still does too
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(width=30, heads=4), "heads=4 does not divide width=30"),
     (dict(img_size=30, stride=4), "not divisible by the stem stride 4"),

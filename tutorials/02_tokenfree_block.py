@@ -183,8 +183,13 @@ def stage_maps(h_map, pos_conv):
     return [o[0].reshape(*hw, D) for o in out]
 
 def distinct(m):
-    """How many different feature vectors the map holds (positions the network can tell apart)."""
-    return len(np.unique(np.round(m.reshape(-1, D) / (np.abs(m).max() + 1e-12), 5), axis=0))
+    """How many different feature vectors the map holds (positions the network can tell apart).
+    Vectors closer than 1e-4 of the map's largest value count as one: float32 rounding is not a position."""
+    reps = []
+    for v in m.reshape(-1, D) / (np.abs(m).max() + 1e-12):
+        if not any(np.abs(v - r).max() < 1e-4 for r in reps):
+            reps.append(v)
+    return len(reps)
 
 def dist_from_centre(m):
     return np.linalg.norm(m - m[hw[0] // 2, hw[1] // 2], axis=-1)

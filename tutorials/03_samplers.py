@@ -147,7 +147,7 @@ print("wrote", path)
 #   the step count (fresh noise at every step); at 5-10 steps they are dim and blurry, at 50-100
 #   steps brighter, but still dimmer than DDIM's.
 # - `03_contrast.png`: both climb with steps; DDIM's is near the real images' by 25 steps (measured
-#   0.31 vs 0.35 on the full run), DDPM's is still about 0.23 at 100 steps: DDPM respaced to few
+#   0.28 vs 0.35 on the full run), DDPM's is still about 0.21 at 100 steps: DDPM respaced to few
 #   steps wastes them, DDIM was made for it.
 # - `03_quality.png`: the nearest-image distance *prefers* few-step DDPM, because its dim, blurry
 #   images sit near dark training backgrounds: the blind spot named above. Read it together with
@@ -160,9 +160,9 @@ print("wrote", path)
 #   0.107 vs 0.138 (DDIM) at 10 steps, 0.024 vs 0.069 at 20, and 20 DPM-Solver++ steps beat 50
 #   DDIM steps (0.028); the error falls 9x per 3x steps, DDIM's 3x (`tests/test_samplers.py`).
 #   On the full run of this tutorial (the checkpoint of 04) the mean distance from the 100-step
-#   DPM-Solver++ image was 0.047 vs 0.061 (DDIM) at 10 steps, 0.014 vs 0.025 at 25, 0.005 vs 0.013
+#   DPM-Solver++ image was 0.045 vs 0.053 (DDIM) at 10 steps, 0.016 vs 0.024 at 25, 0.009 vs 0.015
 #   at 50: DPM-Solver++ at 25 steps is as close as DDIM at ~50. Its contrast reached the real
-#   images' level sooner too (contrast 0.32 at 10 steps, DDIM 0.29).
+#   images' level sooner too (contrast 0.30 at 10 steps, DDIM 0.27).
 #
 # Next: `05_tinygrad_to_numpy.py` checks that NumPy and tinygrad draw the same images.
 

@@ -56,8 +56,8 @@ def block_kind(i, cfg):
 
 
 def init_params(cfg, seed=0):
-    """Fresh parameters (float32): Xavier-uniform weights, zero biases, adaLN-Zero (modulation and the
-    final linear start at zero, as in DiT), N(0, 0.02) embeddings."""
+    """Fresh parameters (float32): Xavier-uniform weights (the time MLP too), zero biases, adaLN-Zero (modulation
+    and the final linear start at zero, as in DiT), a N(0, 1) class embedding."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(cfg).items():
@@ -65,8 +65,9 @@ def init_params(cfg, seed=0):
             w = np.zeros(shape)
         elif ".ada." in name or name.startswith("final.linear"):
             w = np.zeros(shape)
-        elif name.startswith(("time_embed", "label_embed")):
-            w = rng.normal(0.0, 0.02, shape)
+        elif name.startswith("label_embed"):
+            # N(0, 1) (PyTorch's nn.Embedding default; DiT uses 0.02): the class must reach the adaLN modulation in a short run
+            w = rng.standard_normal(shape)
         else:
             fan_out, fan_in = shape[0] * int(np.prod(shape[2:])), int(np.prod(shape[1:]))
             if name.endswith("pos_conv.weight"):
