@@ -79,5 +79,11 @@ def test_cli_rejects_a_warmup_shorter_than_the_jit_capture():
         bench.main(["--warmup", "2"])
 
 
+def test_cli_set_names_a_bad_field(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--set", "widht=128"])
+    assert "--set 'widht=128': expected FIELD=VALUE with FIELD one of" in capsys.readouterr().err
+
+
 def test_peak_rss_is_measured():
     assert bench.peak_rss_mib() > 10

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from numpy_ref.configs import PRESETS, get_config
+from numpy_ref.configs import PRESETS, get_config, parse_overrides
 from numpy_ref.models import get_model as np_model
 from numpy_ref.models.tokenfree import block_kind
 from numpy_ref.models.uvit import num_extras
@@ -412,6 +412,8 @@ def set_threads(n):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tinygrad_impl.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", nargs="+", default=[p for p in DEFAULT_PRESETS if p in PRESETS], choices=sorted(PRESETS))
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="change fields of every preset's ModelConfig, e.g. --set width=128 (as in train --set)")
     ap.add_argument("--batch", type=int, default=32, help="training batch")
     ap.add_argument("--warmup", type=int, default=3, help="untimed training steps first (tinygrad's JIT needs 2)")
     ap.add_argument("--steps", type=int, default=10, help="timed training steps of each framework")
@@ -427,6 +429,10 @@ def main(argv=None):
                     help="threads of every backend (tinygrad NUM_CPU_THREADS, torch, BLAS); default: all cores. "
                          "On a loaded machine 1 is fairer: 2 threads stall at every barrier when a core is taken")
     a = ap.parse_args(argv)
+    try:
+        overrides = parse_overrides(a.set)
+    except ValueError as e:
+        ap.error(str(e))
     if a.threads is not None:
         set_threads(a.threads)
     if a.warmup < 3:
@@ -435,7 +441,7 @@ def main(argv=None):
         ap.error("--batch, --steps, --sample-batch and --sample-steps must be >= 1")
     return run_benchmark(a.presets, a.batch, a.warmup, a.steps, a.sample_batch, a.sample_steps, a.guidance,
                          use_torch=False if a.no_torch else None, sample=not a.no_sample, device=a.device,
-                         torch_device=a.torch_device)
+                         torch_device=a.torch_device, **overrides)
 
 
 if __name__ == "__main__":
