@@ -82,7 +82,7 @@ def test_zero_padding_of_the_stem_is_where_position_comes_from():
 
 def test_the_conditioning_vector_starts_at_unit_scale_and_differs_by_class():
     """Init decision (DESIGN.md is silent): a N(0, 1) class embedding and a Xavier time MLP make c = temb + yemb O(1)
-    from step 0. With DiT's N(0, 0.02) for both, |c| was ~0.01, the zero-init adaLN layers learn ~100x slower from
+    from step 0. With DiT's N(0, 0.02) for both, |c| was ~0.02, the zero-init adaLN layers learn ~50x slower from
     so small an input, and 2000 steps of the main job drew shapes that ignored their class."""
     cfg = get_config("tokenfree-xs", num_classes=6)
     p = tokenfree.init_params(cfg, 0)
