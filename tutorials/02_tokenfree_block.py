@@ -27,7 +27,7 @@ from numpy_ref.layers import conv2d, depth_to_space, layer_norm, linear, modulat
 from numpy_ref.models import tokenfree
 from tutorial_utils import FAST, heat, image_table
 
-# tokenfree-xs: width D=96, 7 blocks, 4 heads, stem stride S=4 -> an 8x8 map from a 32x32 image
+# tokenfree-xs: width D=128, 7 blocks, 4 heads, stem stride S=4 -> an 8x8 map from a 32x32 image
 PRESET, SIZE = ("tokenfree-tiny", 16) if FAST else ("tokenfree-xs", 32)
 cfg = get_config(PRESET, img_size=SIZE, in_channels=3, num_classes=6)
 print(cfg)

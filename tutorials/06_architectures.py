@@ -151,7 +151,7 @@ print("kernels: distinct compiled / launched per call (batch 8)")
 # ## What to look at
 #
 # - `06_activations.png`: the token-free line is flat between the stem and the head -- every block
-#   works on the same 64 positions (tokenfree-xs: 64 x 96) -- while the U-Net's line dips to its
+#   works on the same 64 positions (tokenfree-xs: 64 x 128) -- while the U-Net's line dips to its
 #   lowest resolution and climbs back (a U); U-ViT is flat too, with two extra tokens (time, class).
 # - The table: the two transformer models call the same few (layer, shape) triples again and again
 #   (tokenfree-xs: 51 calls, 12 distinct; U-ViT, without pos_conv and adaLN, reuses even more);
