@@ -53,3 +53,21 @@ def training_target(x0, t, noise, sched, prediction="eps"):
 def snr(sched):
     """Signal-to-noise ratio abar / (1 - abar) per timestep, (T,)."""
     return sched.abar / (1.0 - sched.abar)
+
+
+LOSS_WEIGHTS = ("none", "min-snr")
+
+
+def loss_weight(t, sched, prediction="eps", kind="none", gamma=5.0):
+    """Per-sample weight of the training MSE, t (B,) int -> (B,) float32.
+    "none": ones. "min-snr": Min-SNR-gamma (Hang et al. 2023, arXiv 2303.09556): the x0 error weighted by
+    min(SNR_t, gamma), i.e. min(SNR, gamma) / SNR on the eps loss and min(SNR, gamma) / (SNR + 1) on the v loss,
+    so the many easy low-noise steps stop dominating the gradient."""
+    if kind == "none":
+        return np.ones(len(np.asarray(t)), np.float32)
+    if kind != "min-snr":
+        raise ValueError(f"unknown loss weight {kind!r}; choose one of {', '.join(LOSS_WEIGHTS)}")
+    s = snr(sched)[np.asarray(t)]
+    if prediction not in ("eps", "v"):
+        raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
+    return (np.minimum(s, gamma) / (s if prediction == "eps" else s + 1.0)).astype(np.float32)

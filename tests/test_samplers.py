@@ -7,7 +7,7 @@ from tinygrad import Tensor
 from numpy_ref import samplers as S
 from numpy_ref.configs import PRESETS
 from numpy_ref.models import tokenfree
-from numpy_ref.schedule import make_schedule, q_sample, snr, training_target
+from numpy_ref.schedule import loss_weight, make_schedule, q_sample, snr, training_target
 from tinygrad_impl import samplers as TS
 from tinygrad_impl.models import tokenfree as tg_tokenfree
 from tinygrad_impl.weights import to_tensors
@@ -99,6 +99,28 @@ def test_training_target_v_is_the_v_of_the_sampler():
     assert training_target(x0, tt, noise, sched, "eps") is noise
     with pytest.raises(ValueError, match="unknown prediction 'x0'"):
         training_target(x0, tt, noise, sched, "x0")
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error(kind):
+    """A wrong x0_hat, written as the eps or v the network would output: the min-snr weight times that loss is
+    min(SNR, 5) times the x0 error, for either prediction (Hang et al. 2023)."""
+    sched, rng = make_schedule(kind), np.random.default_rng(3)
+    t = np.array([0, 10, 100, 300, 600, 999])
+    x0, noise = rng.uniform(-1, 1, (6, 3, 4, 4)), rng.standard_normal((6, 3, 4, 4))
+    x0_hat = x0 + 0.1 * rng.standard_normal(x0.shape)
+    xt, ab = q_sample(x0, t, noise, sched), sched.abar[t].reshape(-1, 1, 1, 1)
+    eps_hat = (xt - np.sqrt(ab) * x0_hat) / np.sqrt(1 - ab)
+    x0_err = ((x0_hat - x0) ** 2).sum(axis=(1, 2, 3))
+    want = np.minimum(snr(sched)[t], 5.0) * x0_err
+    for pred in ("eps", "v"):
+        out = eps_hat if pred == "eps" else np.sqrt(ab) * eps_hat - np.sqrt(1 - ab) * x0_hat
+        err = ((out - training_target(x0, t, noise, sched, pred)) ** 2).sum(axis=(1, 2, 3))
+        np.testing.assert_allclose(loss_weight(t, sched, pred, "min-snr") * err, want, rtol=1e-5, err_msg=pred)
+    assert 0 < loss_weight(t, sched, "v", "min-snr").max() <= 1.0, "weights of the v loss lie in (0, 1]"
+    np.testing.assert_array_equal(loss_weight(t, sched, "v", "none"), np.ones(6, np.float32))
+    with pytest.raises(ValueError, match="unknown loss weight 'snr'; choose one of none, min-snr"):
+        loss_weight(t, sched, "v", "snr")
 
 
 def test_ddim_eta0_is_deterministic_and_draws_no_noise_after_the_start():

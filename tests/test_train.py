@@ -147,6 +147,14 @@ def test_one_jitted_step_is_adamw_with_clipping_and_ema():
         got_loss, got_norm = step(Tensor(xt), Tensor(t.astype(np.float32)), Tensor(noise), Tensor(y.astype(np.int32)),
                                   Tensor([lr]), Tensor([decay]), Tensor([1 - 0.9]), Tensor([1 - 0.999]))
     assert got_loss.item() == pytest.approx(loss.item(), rel=1e-5) and got_norm.item() == pytest.approx(norm, rel=1e-4)
+    # the same step with per-sample weights (min-snr) returns the weighted mean of the squared errors
+    weight = np.array([0.25, 2.0], np.float32)
+    with Context(TRAINING=1):
+        err = (eps - Tensor(noise)).square().mean(axis=(1, 2, 3)).numpy()
+        wloss, _ = train.make_train_step(train.init_state(cfg, seed=5), cfg, clip=clip)(
+            Tensor(xt), Tensor(t.astype(np.float32)), Tensor(noise), Tensor(y.astype(np.int32)), Tensor([lr]),
+            Tensor([decay]), Tensor([1 - 0.9]), Tensor([1 - 0.999]), Tensor(weight))
+    assert wloss.item() == pytest.approx(float((weight * err).mean()), rel=1e-5)
     scale = clip / (norm + 1e-6)
     for k, g in grads.items():
         g = g * scale
@@ -218,6 +226,22 @@ def test_flags_that_would_change_a_resumed_run_are_refused(straight):
         run(out / "elsewhere", "--resume")
     with pytest.raises(ValueError, match="--steps must be >= 1"):
         run(out / "elsewhere", "--steps", "0")
+
+
+def test_loss_weight_is_a_run_setting_and_old_checkpoints_resume_without_it(straight, tmp_path):
+    out, _ = straight
+    with pytest.raises(ValueError, match="--loss-weight min-snr differs from the checkpoint's none"):
+        train.train(train.build_parser().parse_args(["--out", str(out), "--resume", "--loss-weight", "min-snr"]))
+    # a checkpoint written before the setting existed has no loss_weight in its run settings: it resumes with none
+    tensors, cfg, meta = np_weights.read_file(os.path.join(out, "ckpt.safetensors"))
+    del meta["run"]["loss_weight"]
+    old = tmp_path / "old"
+    os.makedirs(old)
+    part = lambda pre: {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+    np_weights.save_weights(os.path.join(old, "ckpt.safetensors"), {k: v for k, v in tensors.items() if "/" not in k},
+                            cfg, meta, ema=part("ema/"), extra={k: v for k, v in tensors.items() if k.startswith("opt/")})
+    args, _ = train.settle_args(train.build_parser().parse_args(["--out", str(old), "--resume"]))
+    assert args.loss_weight == "none" and args.batch == 2
 
 
 def test_missing_dataset_gives_the_data_message(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from tinygrad import Context, Device, Tensor, TinyJit
 from numpy_ref.configs import PRESETS, get_config, parse_overrides
 from numpy_ref.data import DATASETS, data_tag, load_dataset
 from numpy_ref.sample import grid_cols, save_grid
-from numpy_ref.schedule import make_schedule, q_sample, training_target
+from numpy_ref.schedule import LOSS_WEIGHTS, loss_weight, make_schedule, q_sample, training_target
 from . import weights
 from .models import get_model
 from .sample import sample_images
@@ -33,7 +33,10 @@ from .sample import sample_images
 # v-prediction and lr 1e-3 (DESIGN 4b says eps and 2e-4..3e-4): measured on the default run, 2000 steps with eps at
 # 3e-4 or 1e-3 gave striped colour noise (eps at t > 600 is never precise enough, x0 = (x - s1 eps) / s0 blows it up)
 RUN_DEFAULTS = dict(preset="tokenfree-xs", set=[], prediction="v", data="shapes", size=None, batch=32, lr=1e-3, warmup=100,
-                    weight_decay=0.0, clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000)
+                    weight_decay=0.0, clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000,
+                    loss_weight="none")
+# what a checkpoint written before a run setting existed was trained with
+LEGACY_RUN = dict(loss_weight="none")
 # settings that may change between sessions of one run
 SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=2.0)
 BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
@@ -100,8 +103,9 @@ def load_checkpoint(path, device=None):
 # ----------------------------------------------------------------------------
 
 def make_train_step(state, cfg, weight_decay=0.0, clip=1.0):
-    """step(xt, t, target, y, lr, decay, bc1, bc2) -> (loss, grad_norm): one AdamW update of state in place.
-    target is what the model should output (the noise, or v: see training_target)
+    """step(xt, t, target, y, lr, decay, bc1, bc2, weight=None) -> (loss, grad_norm): one AdamW update of state in place.
+    target is what the model should output (the noise, or v: see training_target); weight (B,) scales each
+    sample's squared error (see loss_weight; None: plain mean)
     Scalars that change (lr, EMA decay, Adam bias corrections) come in as (1,) Tensors so one JIT serves all steps."""
     model = get_model(cfg.arch)
     # the canonical parameter order, not the dict's: a file loads in sorted order, and the order of the
@@ -111,9 +115,10 @@ def make_train_step(state, cfg, weight_decay=0.0, clip=1.0):
     b1, b2 = BETAS
 
     @TinyJit
-    def step(xt, t, target, y, lr, decay, bc1, bc2):
+    def step(xt, t, target, y, lr, decay, bc1, bc2, weight=None):
         out = model.forward(state["params"], xt, t, y, cfg)                          # (B, C, H, W)
-        loss = (out - target).square().mean()
+        err = (out - target).square()
+        loss = (err if weight is None else err * weight.reshape(-1, 1, 1, 1)).mean()
         grads = loss.gradient(*params)
         # one kernel per parameter's sum: fused, the ~100 reductions make one kernel whose name (a range each) passes
         # 255 characters, and PoCL (OpenCL on the CPU) cannot link a kernel with a name that long
@@ -185,6 +190,8 @@ def build_parser():
     p.add_argument("--label-drop", type=float, help=h("fraction of labels replaced by the null class (CFG)", "label_drop"))
     p.add_argument("--seed", type=int, help=h("seed of the init and of every batch", "seed"))
     p.add_argument("--schedule", choices=("linear", "cosine"), help=h("noise schedule", "schedule"))
+    p.add_argument("--loss-weight", choices=LOSS_WEIGHTS, help=h("per-timestep weight of the MSE: none, or min-snr "
+                   "(Min-SNR-5, arXiv 2303.09556)", "loss_weight"))
     p.add_argument("--T", type=int, help=h("diffusion timesteps", "T"))
     p.add_argument("--sample-every", type=int, help=h("write an EMA sample grid every K steps (0: only at the end)", "sample_every"))
     p.add_argument("--ckpt-every", type=int, help=h("write the checkpoint every K steps (and at the end)", "ckpt_every"))
@@ -216,7 +223,7 @@ def settle_args(args):
             if k in given and k in run and getattr(args, k) != run[k]:
                 raise ValueError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the checkpoint's {run[k]}: "
                                  f"a resumed run keeps its settings (drop the flag, or start a new run with another --out)")
-            setattr(args, k, run.get(k, RUN_DEFAULTS[k]))
+            setattr(args, k, run.get(k, LEGACY_RUN.get(k, RUN_DEFAULTS[k])))
     else:
         for k, v in RUN_DEFAULTS.items():
             if getattr(args, k) is None:
@@ -291,13 +298,15 @@ def train(args, callback=None):
                 xt, t, target, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop, cfg.null_class,
                                             cfg.prediction)
                 lr = lr_at(step, args.lr, args.warmup)
+                w = None if args.loss_weight == "none" else Tensor(
+                    loss_weight(t, sched, cfg.prediction, args.loss_weight), device=device)
                 with Context(TRAINING=1):
                     loss, gnorm = step_fn(Tensor(xt, device=device), Tensor(t.astype(np.float32), device=device),
                                           Tensor(target, device=device),
                                           None if y is None else Tensor(y.astype(np.int32), device=device),
                                           Tensor([lr], device=device), Tensor([ema_decay_at(step, args.ema_decay)], device=device),
                                           Tensor([1 - BETAS[0] ** (step + 1)], device=device),
-                                          Tensor([1 - BETAS[1] ** (step + 1)], device=device))
+                                          Tensor([1 - BETAS[1] ** (step + 1)], device=device), w)
                 loss, gnorm = float(loss.item()), float(gnorm.item())
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower --lr or check the data")
