@@ -151,6 +151,13 @@ def class_accuracy(logits, labels):
     return float((logits.argmax(1) == labels).mean())
 
 
+def per_class_accuracy(logits, labels, num_classes):
+    """class_accuracy within each label 0..num_classes-1, (num_classes,) float (nan for a label with no rows)."""
+    logits, labels = np.asarray(logits), np.asarray(labels).reshape(-1)
+    hit = logits.argmax(1) == labels
+    return np.array([hit[labels == c].mean() if np.any(labels == c) else np.nan for c in range(num_classes)])
+
+
 # ----------------------------------------------------------------------------
 # Everything at once
 # ----------------------------------------------------------------------------
@@ -158,7 +165,7 @@ def class_accuracy(logits, labels):
 def compare(features, reference, logits=None, labels=None, k=3, kid_subsets=100, kid_subset_size=1000, seed=0,
             reference_stats=None):
     """All metrics of one feature set (N, F) against a reference set (M, F): dict with n, fd, kid, kid_se,
-    precision, recall and class_acc (None without logits and labels). reference_stats: precomputed
+    precision, recall, class_acc and class_acc_per_class (None without logits and labels). reference_stats: precomputed
     gaussian_stats(reference), to fit the reference Gaussian once for several rows."""
     mu_r, s_r = reference_stats if reference_stats is not None else gaussian_stats(reference)
     kid_mean, kid_se = kid(features, reference, kid_subsets, kid_subset_size, seed)
@@ -168,5 +175,6 @@ def compare(features, reference, logits=None, labels=None, k=3, kid_subsets=100,
     pick = lambda f: f if len(f) == n else f[rng.choice(len(f), n, replace=False)]  # noqa: E731
     precision, recall = precision_recall(pick(reference), pick(features), k)
     acc = class_accuracy(logits, labels) if logits is not None and labels is not None else None
+    per_class = None if acc is None else per_class_accuracy(logits, labels, np.asarray(logits).shape[1]).tolist()
     return dict(n=len(features), fd=frechet_distance(*gaussian_stats(features), mu_r, s_r), kid=kid_mean,
-                kid_se=kid_se, precision=precision, recall=recall, class_acc=acc)
+                kid_se=kid_se, precision=precision, recall=recall, class_acc=acc, class_acc_per_class=per_class)

@@ -188,6 +188,10 @@ def test_evaluate_cli_on_a_tiny_checkpoint_both_backends(tmp_path, capsys):
     for text in ("12 samples: ddim 2 steps", "EMA weights", "| samples (EMA) | 12 |", "| real test (floor) | 12 |",
                  "| Gaussian noise (ceiling) | 12 |", "test accuracy 0.2500", "60 real train images"):
         assert text in table, f"{text!r} missing from:\n{table}"
+    per_class = res_tg["rows"][0]["class_acc_per_class"]   # 12 samples, 2 of each class: their mean is the overall
+    assert len(per_class) == 6 and np.mean(per_class) == pytest.approx(res_tg["rows"][0]["class_acc"])
+    # (this checkpoint's metadata names no classes, so the line numbers them; a training checkpoint names them)
+    assert f"per class: 0 {per_class[0]:.2f}, 1 " in table and f", 5 {per_class[5]:.2f}" in table
     samples, test, noise = res_tg["rows"]
     # the same seed draws the same images in both backends (2 batches, the second filled up to 8 and cut)
     for a, b in zip(res_tg["rows"], res_np["rows"]):

@@ -230,6 +230,8 @@ def test_class_accuracy_and_compare():
     ref, feats = rng.standard_normal((300, 4)), rng.standard_normal((100, 4)) + 2.0
     out = M.compare(feats, ref, logits[[0, 1, 2, 3] * 25], [0, 1, 2, 1] * 25, kid_subsets=10, kid_subset_size=50)
     assert out["n"] == 100 and out["class_acc"] == 0.75
+    assert out["class_acc_per_class"] == [1.0, 0.5, 1.0]   # label 1: one row right, one (the 5.0 row) wrong
+    np.testing.assert_array_equal(M.per_class_accuracy(logits[:3], [0, 1, 2], 4), [1.0, 1.0, 1.0, np.nan])
     assert out["fd"] == pytest.approx(M.fd_features(feats, ref))
     assert out["fd"] > 10 and out["kid"] > 5 * out["kid_se"] and out["precision"] < 0.5
     assert M.compare(feats, ref, kid_subsets=10, kid_subset_size=50)["class_acc"] is None

@@ -142,7 +142,8 @@ def evaluate(args):
                 image=[cfg.in_channels, cfg.img_size, cfg.img_size], weights=which, sampler=args.sampler,
                 steps=args.steps, eta=args.eta, guidance=args.guidance, seed=args.seed, n=args.n, backend=backend,
                 sample_time=round(sample_time, 1), features=str(feat_path), feature_dim=fcfg.feature_dim,
-                feature_test_accuracy=fmeta["test_accuracy"], reference=f"{len(ref)} real train images", k=args.k)
+                feature_test_accuracy=fmeta["test_accuracy"], reference=f"{len(ref)} real train images", k=args.k,
+                class_names=list(meta.get("class_names") or range(cfg.num_classes)))
     result = dict(info=info, rows=rows)
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
@@ -168,6 +169,11 @@ def format_table(result):
         acc = "-" if r["class_acc"] is None else f"{r['class_acc']:.3f}"
         lines.append(f"| {r['set']} | {r['n']} | {r['fd']:.3f} | {1e3 * r['kid']:.2f} ± {1e3 * r['kid_se']:.2f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {acc} |")
+    per_class = result["rows"][0].get("class_acc_per_class")
+    if per_class:   # which classes the model draws recognisably
+        names = i.get("class_names") or list(range(len(per_class)))
+        lines += ["", f"class accuracy of the {result['rows'][0]['set']} per class: " +
+                  ", ".join(f"{n} {a:.2f}" for n, a in zip(names, per_class))]
     return "\n".join(lines)
 
 
