@@ -108,7 +108,8 @@ def build_parser(prog, description):
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight (1 = none)")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance weight (1 = none; "
+                   "3 draws the main job's classes best, see README Train)")
     p.add_argument("--label", default=None, help="draw only this class (id or name); default: row r shows class r")
     p.add_argument("--raw", action="store_true", help="use the raw weights even when the file has an EMA copy")
     p.add_argument("--out", default="grid.png", help="PNG grid to write")

@@ -34,11 +34,14 @@ from .sample import sample_images
 # 3e-4 or 1e-3 gave striped colour noise (eps at t > 600 is never precise enough, x0 = (x - s1 eps) / s0 blows it up)
 RUN_DEFAULTS = dict(preset="tokenfree-xs", set=[], prediction="v", data="shapes", size=None, batch=32, lr=1e-3, warmup=100,
                     weight_decay=0.0, clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000,
-                    loss_weight="none")
+                    loss_weight="min-snr")
+# min-snr (measured on the default run, 2000 steps, evaluate --n 240 --guidance 2): class accuracy 0.608 -> 0.750,
+# FD 5.9 -> 4.1 against the plain mean; a cosine schedule (0.642, 5.7) or 4000 steps of 16 (0.558, 5.3) did less
 # what a checkpoint written before a run setting existed was trained with
 LEGACY_RUN = dict(loss_weight="none")
 # settings that may change between sessions of one run
-SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=2.0)
+# guidance 3 (was 2) on that run: class accuracy 0.750 -> 0.829, FD 4.1 -> 3.6
+SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=3.0)
 BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 # ----------------------------------------------------------------------------
