@@ -160,9 +160,10 @@ def line_plot(path, series, title="", xlabel="", ylabel="", size=(560, 360), hli
 
 # full: tokenfree-tiny (0.07M parameters) on 16x16 shapes, a few minutes on a 2-core CPU;
 # fast: 8x8 images and a handful of steps, only to prove the code runs
-RUN = (dict(preset="tokenfree-tiny", prediction="eps", size=8, batch=8, steps=12, lr=3e-3, warmup=5, sample_n=36, sample_steps=3)
+# loss_weight none: the textbook loss, the plain mean of |eps - eps_hat|^2 (the main job weights it by min-SNR)
+RUN = (dict(preset="tokenfree-tiny", prediction="eps", loss_weight="none", size=8, batch=8, steps=12, lr=3e-3, warmup=5, sample_n=36, sample_steps=3)
        if FAST else
-       dict(preset="tokenfree-tiny", prediction="eps", size=16, batch=32, steps=1500, lr=2e-3, warmup=100, sample_n=36, sample_steps=25))
+       dict(preset="tokenfree-tiny", prediction="eps", loss_weight="none", size=16, batch=32, steps=1500, lr=2e-3, warmup=100, sample_n=36, sample_steps=25))
 
 
 def run_folder():
