@@ -67,7 +67,7 @@ def loss_weight(t, sched, prediction="eps", kind="none", gamma=5.0):
         return np.ones(len(np.asarray(t)), np.float32)
     if kind != "min-snr":
         raise ValueError(f"unknown loss weight {kind!r}; choose one of {', '.join(LOSS_WEIGHTS)}")
-    s = snr(sched)[np.asarray(t)]
     if prediction not in ("eps", "v"):
         raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
+    s = snr(sched)[np.asarray(t)]
     return (np.minimum(s, gamma) / (s if prediction == "eps" else s + 1.0)).astype(np.float32)
