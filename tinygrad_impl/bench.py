@@ -346,8 +346,10 @@ def machine():
     from tinygrad import Device
     from tinygrad.helpers import NUM_CPU_THREADS
     from importlib.metadata import version
+    from tinygrad.helpers import BEAM
     parts = [cpu, f"{os.cpu_count()} cores", f"load average {os.getloadavg()[0]:.1f}",
-             f"tinygrad {version('tinygrad')} DEV={Device.DEFAULT} ({NUM_CPU_THREADS.value} threads)"]
+             f"tinygrad {version('tinygrad')} DEV={Device.DEFAULT} ({NUM_CPU_THREADS.value} threads"
+             + (f", BEAM={BEAM.value})" if BEAM.value else ")")]
     if have_torch():
         import torch
         parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
@@ -428,6 +430,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="threads of every backend (tinygrad NUM_CPU_THREADS, torch, BLAS); default: all cores. "
                          "On a loaded machine 1 is fairer: 2 threads stall at every barrier when a core is taken")
+    ap.add_argument("--beam", type=int, default=None, help="BEAM-search tinygrad's kernels with this width, training "
+                    "and sampling (default: the BEAM environment variable, else none); the first run pays for the "
+                    "search (in its warm-up), later runs read it from tinygrad's cache")
     a = ap.parse_args(argv)
     try:
         overrides = parse_overrides(a.set)
@@ -435,6 +440,12 @@ def main(argv=None):
         ap.error(str(e))
     if a.threads is not None:
         set_threads(a.threads)
+    if a.beam is not None:
+        from .beam import use_beam
+        try:
+            use_beam(a.beam, a.device)
+        except ValueError as e:
+            ap.error(str(e))
     if a.warmup < 3:
         ap.error("--warmup must be >= 3: TinyJit captures on the second call, so earlier steps include compiling")
     if min(a.batch, a.steps, a.sample_batch, a.sample_steps) < 1:

@@ -10,7 +10,9 @@ from tinygrad import Tensor, dtypes
 
 def linear(x, w, b=None):
     """x (..., in) @ w.T (in, out) + b -> (..., out)"""
-    y = x @ w.T
+    # x materialized: a LayerNorm/modulate fused into the matmul is recomputed for every output column, and
+    # kernels that are a plain matmul are the ones BEAM finds fast versions of
+    y = x.contiguous() @ w.T
     return y if b is None else y + b
 
 

@@ -10,6 +10,7 @@ from tinygrad import Device
 
 from numpy_ref.sample import (build_parser, check_args, describe, grid_cols, grid_labels, load_checkpoint,
                               resolve_label, save_grid, schedule_of)
+from .beam import use_beam
 from .models import get_model
 from .samplers import sample as run_sampler
 from .weights import to_tensors
@@ -30,9 +31,12 @@ def main(argv=None):
     from tqdm import tqdm
     parser = build_parser("python -m tinygrad_impl.sample", "Sample a checkpoint with tinygrad.")
     parser.add_argument("--device", default=None, help="tinygrad device, e.g. CPU, CL, CUDA, METAL")
+    parser.add_argument("--beam", type=int, default=None, help="BEAM-search the kernels with this width (cached on disk)")
     args = parser.parse_args(argv)
     try:
         check_args(args)
+        if args.beam is not None:
+            use_beam(args.beam, args.device)
         params, cfg, meta, which = load_checkpoint(args.ckpt, args.raw)
         label = resolve_label(args.label, meta)
     except (ValueError, FileNotFoundError) as e:

@@ -26,6 +26,7 @@ from numpy_ref.data import DATASETS, data_tag, load_dataset
 from numpy_ref.sample import grid_cols, save_grid
 from numpy_ref.schedule import LOSS_WEIGHTS, loss_weight, make_schedule, q_sample, training_target
 from . import weights
+from .beam import use_beam
 from .models import get_model
 from .sample import sample_images
 
@@ -204,6 +205,8 @@ def build_parser():
     p.add_argument("--out", help="output folder (default runs/<data>-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.safetensors")
     p.add_argument("--device", default=None, help="tinygrad device, e.g. CPU, CL, CUDA, METAL (default: DEV or tinygrad's pick)")
+    p.add_argument("--beam", type=int, default=None, help="BEAM-search the kernels with this width (default: the BEAM "
+                   "environment variable, else none); cached on disk, so only the first run pays (README, Speed)")
     return p
 
 
@@ -382,6 +385,8 @@ def threading_main():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.beam is not None:
+            use_beam(args.beam, args.device)
         return train(args)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -1,0 +1,39 @@
+"""--beam: tinygrad's BEAM search switched on for the CLIs, on CPU-like devices without work-groups."""
+import numpy as np
+import pytest
+from tinygrad import Tensor
+from tinygrad.helpers import BEAM
+
+from tinygrad_impl.beam import cpu_like, use_beam
+from tinygrad_impl.layers import linear
+
+
+@pytest.fixture
+def restore_beam(monkeypatch):
+    monkeypatch.delenv("BEAM_LOCAL_MAX", raising=False)
+    monkeypatch.delenv("BEAM", raising=False)
+    yield
+    BEAM.value = 0
+
+
+def test_cpu_backend_is_cpu_like():
+    assert cpu_like("CPU") and not cpu_like("CUDA")
+
+
+def test_negative_width_is_refused(restore_beam):
+    with pytest.raises(ValueError, match="--beam must be >= 0"):
+        use_beam(-1, "CPU")
+    assert BEAM.value == 0
+
+
+def test_beam_searched_linear_computes_the_same_numbers(restore_beam):
+    import os
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((3, 5, 12), (7, 12), (7,)))
+    use_beam(1, "CPU")
+    assert BEAM.value == 1 and os.environ["BEAM"] == "1" and os.environ["BEAM_LOCAL_MAX"] == "1"
+    xt = Tensor(x, device="CPU")
+    y = linear(xt, Tensor(w, device="CPU"), Tensor(b, device="CPU"))
+    (dx,) = y.square().sum().gradient(xt)
+    np.testing.assert_allclose(y.numpy(), x @ w.T + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx.numpy(), 2 * (x @ w.T + b) @ w, rtol=1e-4, atol=1e-4)
