@@ -1,4 +1,6 @@
 """--beam: tinygrad's BEAM search switched on for the CLIs, on CPU-like devices without work-groups."""
+import os
+
 import numpy as np
 import pytest
 from tinygrad import Tensor
@@ -7,12 +9,16 @@ from tinygrad.helpers import BEAM
 from tinygrad_impl.beam import cpu_like, use_beam
 from tinygrad_impl.layers import linear
 
+BEAM_ENV_BEFORE = os.environ.get("BEAM")
+
 
 @pytest.fixture
-def restore_beam(monkeypatch):
-    monkeypatch.delenv("BEAM_LOCAL_MAX", raising=False)
-    monkeypatch.delenv("BEAM", raising=False)
+def restore_beam():
+    """use_beam writes os.environ (for worker processes): put it back, or every later subprocess would search"""
+    saved = {k: os.environ.pop(k, None) for k in ("BEAM", "BEAM_LOCAL_MAX")}
     yield
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     BEAM.value = 0
 
 
@@ -26,8 +32,11 @@ def test_negative_width_is_refused(restore_beam):
     assert BEAM.value == 0
 
 
+def test_the_fixture_leaves_no_beam_in_the_environment():
+    assert os.environ.get("BEAM") == BEAM_ENV_BEFORE and BEAM.value == 0   # runs after the search test: nothing leaked
+
+
 def test_beam_searched_linear_computes_the_same_numbers(restore_beam):
-    import os
     rng = np.random.default_rng(0)
     x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((3, 5, 12), (7, 12), (7,)))
     use_beam(1, "CPU")
