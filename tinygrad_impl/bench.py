@@ -344,9 +344,8 @@ def machine():
     except OSError:
         pass
     from tinygrad import Device
-    from tinygrad.helpers import NUM_CPU_THREADS
+    from tinygrad.helpers import BEAM, NUM_CPU_THREADS
     from importlib.metadata import version
-    from tinygrad.helpers import BEAM
     parts = [cpu, f"{os.cpu_count()} cores", f"load average {os.getloadavg()[0]:.1f}",
              f"tinygrad {version('tinygrad')} DEV={Device.DEFAULT} ({NUM_CPU_THREADS.value} threads"
              + (f", BEAM={BEAM.value})" if BEAM.value else ")")]
