@@ -25,6 +25,10 @@ def use_beam(width, device=None):
     Also set in the environment, so worker processes (the benchmark's samplers) search too."""
     if width < 0:
         raise ValueError(f"--beam must be >= 0 (0: no search), got {width}")
+    if width and (device or os.environ.get("DEV") or "CL").split(":")[0].upper() == "CL":
+        # before PoCL starts its threads (cpu_like opens the device): unpinned, a kernel timed alone ran 1x or 2x its
+        # time at random (the two workers sharing one core), so the search kept slow versions; others ignore the variable
+        os.environ.setdefault("POCL_AFFINITY", "1")
     if width and cpu_like(device):
         # work-groups on a CPU: on PoCL candidates with large ones took ~10 s each to time, for at most 3% gained
         os.environ.setdefault("BEAM_LOCAL_MAX", "1")
