@@ -37,6 +37,19 @@ def test_conv2d(seed, b, cg, groups, cout_g, k, stride, padding, size):
     assert_close(ref, TL.conv2d(Tensor(x), Tensor(w), Tensor(bias), stride, padding, groups).numpy(), what="TL.conv2d")
 
 
+@given(seed=seeds, b=small, c=st.integers(2, 5), k=st.sampled_from([1, 3, 5]), size=st.integers(1, 7), bias=st.booleans())
+def test_depthwise_conv2d_and_its_custom_gradient(seed, b, c, k, size, bias):
+    """TL.conv2d's depthwise 'same' path (its own backward) against numpy_ref and tinygrad's autograd of x.conv2d"""
+    rng = np.random.default_rng(seed)
+    x, w, bb, r = rand(rng, b, c, size, size), rand(rng, c, 1, k, k), rand(rng, c) if bias else None, rand(rng, b, c, size, size)
+    ts = [Tensor(a) for a in (x, w) + ((bb,) if bias else ())]
+    out = TL.conv2d(ts[0], ts[1], ts[2] if bias else None, padding=k // 2, groups=c)
+    assert_close(L.conv2d(x, w, bb, padding=k // 2, groups=c), out.numpy(), what="depthwise forward")
+    ref = ts[0].conv2d(ts[1], ts[2] if bias else None, groups=c, padding=k // 2)
+    for got, want, name in zip((out * Tensor(r)).sum().gradient(*ts), (ref * Tensor(r)).sum().gradient(*ts), "xwb"):
+        assert_close(want.numpy(), got.numpy(), what=f"depthwise d{name}")
+
+
 @given(seed=seeds, cin=small, cout=small, k=st.integers(1, 4), stride=st.integers(1, 3), size=st.integers(2, 6))
 def test_conv_transpose2d(seed, cin, cout, k, stride, size):
     rng = np.random.default_rng(seed)

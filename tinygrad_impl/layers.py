@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 from tinygrad import Tensor, dtypes
+from tinygrad.function import function
 
 # ----------------------------------------------------------------------------
 # Dense and convolution
@@ -21,7 +22,27 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     Cout, Cg, kh, kw = w.shape
     if x.shape[1] != Cg * groups:
         raise ValueError(f"conv2d: input has {x.shape[1]} channels, weight expects {Cg * groups}")
+    if Cg == 1 and Cout == groups > 1 and stride == 1 and kh == kw == 2 * padding + 1:
+        return _depthwise_same_conv2d(x, w, b)
     return x.conv2d(w, b, groups=groups, stride=stride, padding=padding)
+
+
+def _depthwise_same_conv2d_grad(g, call):
+    """dx, dw(, db) of a stride-1 'same' depthwise conv, given g (B, C, H, W): dx is the conv of g with the flipped
+    kernel, dw tinygrad's own weight gradient. tinygrad's own dx is a reduction kernel that ran at 5 GFLOPS on a
+    CPU, 5x the forward conv's time (tokenfree-xs pos_conv: 10.3 ms of a 11.7 ms backward; 2.8 ms this way)"""
+    x, w, *b = (Tensor(u) for u in call.src[1:])
+    g, C, pad = Tensor(g), w.shape[0], w.shape[2] // 2
+    dx = g.conv2d(w.flip((2, 3)), groups=C, padding=pad)                      # (B, C, H, W)
+    w_ = w.detach()
+    (dw,) = x.conv2d(w_, groups=C, padding=pad).gradient(w_, gradient=g)       # (C, 1, k, k)
+    return (dx.uop, dw.uop) + ((g.sum((0, 2, 3)).uop,) if b else ())
+
+
+@function(grad_fxn=_depthwise_same_conv2d_grad)
+def _depthwise_same_conv2d(x, w, b=None):
+    """x (B, C, H, W), w (C, 1, k, k), odd k, padding k // 2 -> (B, C, H, W); the same numbers as x.conv2d"""
+    return x.conv2d(w, b, groups=w.shape[0], padding=w.shape[2] // 2)
 
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0):
