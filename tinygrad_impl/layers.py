@@ -32,7 +32,7 @@ def _depthwise_same_conv2d_grad(g, call):
     kernel, dw tinygrad's own weight gradient. tinygrad's own dx is a reduction kernel that ran at 5 GFLOPS on a
     CPU, 5x the forward conv's time (tokenfree-xs pos_conv: 10.3 ms of a 11.7 ms backward; 2.8 ms this way)"""
     x, w, *b = (Tensor(u) for u in call.src[1:])
-    g, C, pad = Tensor(g), w.shape[0], w.shape[2] // 2
+    g, C, pad = Tensor(g).contiguous(), w.shape[0], w.shape[2] // 2   # read three times: once, in order
     dx = g.conv2d(w.flip((2, 3)), groups=C, padding=pad)                      # (B, C, H, W)
     w_ = w.detach()
     (dw,) = x.conv2d(w_, groups=C, padding=pad).gradient(w_, gradient=g)       # (C, 1, k, k)
