@@ -26,6 +26,37 @@ def test_linear(seed, b, n_in, n_out, bias):
     assert_close(ref, TL.linear(Tensor(x), Tensor(w), None if bb is None else Tensor(bb)).numpy(), what="TL.linear")
 
 
+@given(seed=seeds, rows=st.integers(1, 20), n_in=st.integers(1, 20), n_out=st.integers(1, 20), bias=st.booleans())
+def test_linear_cpu_matmul_kernels_and_their_gradients(seed, rows, n_in, n_out, bias):
+    """On a CPU TL.linear runs its own matmul kernels (fixed tiles, own backward): the same values and gradients as
+    tinygrad's x @ w.T + b, for sizes that the 8x8 tiles do and do not divide"""
+    assert TL._on_cpu(Tensor([0.0]).device), "the tests run on tinygrad's CPU backend (conftest)"
+    rng = np.random.default_rng(seed)
+    x, w, bb, g = rand(rng, rows, n_in), rand(rng, n_out, n_in), rand(rng, n_out), rand(rng, rows, n_out)
+    ts = [Tensor(a) for a in (x, w) + ((bb,) if bias else ())]
+    out = TL.linear(*ts[:2], ts[2] if bias else None)
+    ref = ts[0] @ ts[1].T + (ts[2] if bias else 0)
+    assert_close(ref.numpy(), out.numpy(), what="linear forward")
+    for got, want, name in zip((out * Tensor(g)).sum().gradient(*ts), (ref * Tensor(g)).sum().gradient(*ts), "xwb"):
+        assert_close(want.numpy(), got.numpy(), what=f"linear d{name}")
+
+
+@given(seed=seeds, b=small, heads=st.integers(1, 3), lq=st.integers(1, 17), lk=st.integers(1, 17), d=st.integers(1, 9))
+def test_attention_cpu_matmul_kernels_and_their_gradients(seed, b, heads, lq, lk, d):
+    """TL.attention's CPU path (q k^T and p v as its own batched matmul kernels) against numpy_ref, and its
+    gradients against tinygrad's autograd of the same formula with tinygrad's matmul"""
+    rng = np.random.default_rng(seed)
+    q, k, v, g = rand(rng, b, heads, lq, d), rand(rng, b, heads, lk, d), rand(rng, b, heads, lk, d), rand(rng, b, heads, lq, d)
+    ts = [Tensor(a) for a in (q, k, v)]
+    out = TL.attention(*ts)
+    ref = (ts[0] @ ts[1].transpose(-1, -2) * (1 / math.sqrt(d))).softmax(-1) @ ts[2]
+    # gradients built before the forward is realized: realizing it first cuts the graph at its materialized softmax
+    grads = zip((out * Tensor(g)).sum().gradient(*ts), (ref * Tensor(g)).sum().gradient(*ts), "qkv")
+    assert_close(L.attention(q, k, v), out.numpy(), what="attention forward")
+    for got, want, name in grads:
+        assert_close(want.numpy(), got.numpy(), what=f"attention d{name}")
+
+
 @given(seed=seeds, b=small, cg=st.integers(1, 3), groups=st.sampled_from([1, 2]), cout_g=st.integers(1, 3),
        k=st.integers(1, 4), stride=st.integers(1, 3), padding=st.integers(0, 2), size=st.integers(4, 9))
 def test_conv2d(seed, b, cg, groups, cout_g, k, stride, padding, size):
