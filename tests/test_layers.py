@@ -46,7 +46,7 @@ def test_attention_cpu_matmul_kernels_and_their_gradients(seed, b, heads, lq, lk
     """TL.attention's CPU path (q k^T and p v as its own batched matmul kernels) against numpy_ref, and its
     gradients against tinygrad's autograd of the same formula with tinygrad's matmul"""
     rng = np.random.default_rng(seed)
-    q, k, v, g = rand(rng, b, heads, lq, d), rand(rng, b, heads, lk, d), rand(rng, b, heads, lk, d), rand(rng, b, heads, lq, d)
+    q, k, v, g = (rand(rng, b, heads, n, d) for n in (lq, lk, lk, lq))
     ts = [Tensor(a) for a in (q, k, v)]
     out = TL.attention(*ts)
     ref = (ts[0] @ ts[1].transpose(-1, -2) * (1 / math.sqrt(d))).softmax(-1) @ ts[2]
