@@ -30,14 +30,15 @@ def test_linear(seed, b, n_in, n_out, bias):
 def test_linear_cpu_matmul_kernels_and_their_gradients(seed, rows, n_in, n_out, bias):
     """On a CPU TL.linear runs its own matmul kernels (fixed tiles, own backward): the same values and gradients as
     tinygrad's x @ w.T + b, for sizes that the 8x8 tiles do and do not divide"""
-    assert TL._on_cpu(Tensor([0.0]).device), "the tests run on tinygrad's CPU backend (conftest)"
+    assert TL._on_cpu("CPU")
     rng = np.random.default_rng(seed)
     x, w, bb, g = rand(rng, rows, n_in), rand(rng, n_out, n_in), rand(rng, n_out), rand(rng, rows, n_out)
-    ts = [Tensor(a) for a in (x, w) + ((bb,) if bias else ())]
+    ts = [Tensor(a, device="CPU") for a in (x, w) + ((bb,) if bias else ())]
     out = TL.linear(*ts[:2], ts[2] if bias else None)
     ref = ts[0] @ ts[1].T + (ts[2] if bias else 0)
     assert_close(ref.numpy(), out.numpy(), what="linear forward")
-    for got, want, name in zip((out * Tensor(g)).sum().gradient(*ts), (ref * Tensor(g)).sum().gradient(*ts), "xwb"):
+    g = Tensor(g, device="CPU")
+    for got, want, name in zip((out * g).sum().gradient(*ts), (ref * g).sum().gradient(*ts), "xwb"):
         assert_close(want.numpy(), got.numpy(), what=f"linear d{name}")
 
 
@@ -47,11 +48,11 @@ def test_attention_cpu_matmul_kernels_and_their_gradients(seed, b, heads, lq, lk
     gradients against tinygrad's autograd of the same formula with tinygrad's matmul"""
     rng = np.random.default_rng(seed)
     q, k, v, g = (rand(rng, b, heads, n, d) for n in (lq, lk, lk, lq))
-    ts = [Tensor(a) for a in (q, k, v)]
+    ts, g = [Tensor(a, device="CPU") for a in (q, k, v)], Tensor(g, device="CPU")
     out = TL.attention(*ts)
     ref = (ts[0] @ ts[1].transpose(-1, -2) * (1 / math.sqrt(d))).softmax(-1) @ ts[2]
     # gradients built before the forward is realized: realizing it first cuts the graph at its materialized softmax
-    grads = zip((out * Tensor(g)).sum().gradient(*ts), (ref * Tensor(g)).sum().gradient(*ts), "qkv")
+    grads = zip((out * g).sum().gradient(*ts), (ref * g).sum().gradient(*ts), "qkv")
     assert_close(L.attention(q, k, v), out.numpy(), what="attention forward")
     for got, want, name in grads:
         assert_close(want.numpy(), got.numpy(), what=f"attention d{name}")

@@ -58,7 +58,7 @@ def _matmul_kernel(transpose_a, transpose_b, has_bias):
         opts = tuple(Opt(OptOps.UPCAST, ax, u) for ax, u in ((ax_j, _upcast(N)), (ax_i, _upcast(M))) if u > 1)
         if transpose_b and K % 4 == 0:
             opts += (Opt(OptOps.UNROLL, 0, 4),)                  # B read along k: 4 at a time
-        name = f"matmul_{'nt'[transpose_a]}{'nt'[transpose_b]}_{Bt}_{M}_{N}_{K}".replace("_1_", "_", 1)
+        name = f"matmul_{'nt'[transpose_a]}{'nt'[transpose_b]}_" + "_".join(map(str, (Bt, M, N, K)[Bt == 1:]))
         return C[n, i, j].store(acc).end(n, i, j).sink(arg=KernelInfo(name=name, opts_to_apply=opts))
     return kernel
 
