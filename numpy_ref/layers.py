@@ -79,6 +79,21 @@ def _depthwise_conv2d(x, w, b, stride, padding):
     return y if b is None else y + b[None, :, None, None]
 
 
+def token_depthwise_conv(x, w, b, hw):
+    """x (B, L, C): the tokens of an (H, W) map, row by row; w (C, 1, k, k), odd k; b (C,) -> (B, L, C): the
+    'same' depthwise conv2d of that map, computed in token (channels-last) layout, so no transposes around it"""
+    B, L, C = x.shape
+    (H, W), k = hw, w.shape[-1]
+    r = k // 2
+    xp = np.pad(x.reshape(B, H, W, C), ((0, 0), (r, r), (r, r), (0, 0)))      # (B, H+2r, W+2r, C)
+    y = np.zeros((B, H, W, C), np.result_type(x, w))
+    for i in range(k):
+        for j in range(k):
+            y += xp[:, i:i + H, j:j + W] * w[:, 0, i, j]
+    MACS[0] += y.size * k * k
+    return (y + b).reshape(B, L, C)
+
+
 def conv_transpose2d(x, w, b=None, stride=1, padding=0):
     """x (B, Cin, H, W), w (Cin, Cout, kh, kw) (PyTorch layout) -> (B, Cout, (H-1)*stride - 2*padding + kh, ...)"""
     B, Cin, H, W = x.shape

@@ -82,6 +82,26 @@ def test_depthwise_conv2d_and_its_custom_gradient(seed, b, c, k, size, bias):
         assert_close(want.numpy(), got.numpy(), what=f"depthwise d{name}")
 
 
+@given(seed=seeds, b=small, c=st.integers(1, 20), k=st.sampled_from([1, 3, 5]), h=st.integers(1, 6), w=st.integers(1, 9))
+def test_token_depthwise_conv_kernels_and_their_gradients(seed, b, c, k, h, w):
+    """token_depthwise_conv == the depthwise 'same' conv2d of the token map (numpy_ref against conv2d, TL's CPU kernels
+    against numpy_ref), and TL's own backward == tinygrad's autograd of x.conv2d on the map"""
+    rng = np.random.default_rng(seed)
+    x, wt, bb, g = rand(rng, b, h * w, c), rand(rng, c, 1, k, k), rand(rng, c), rand(rng, b, h * w, c)
+    as_map = lambda z: z.transpose(0, 2, 1).reshape(b, c, h, w)                      # (B, L, C) -> (B, C, H, W)
+    ref = L.token_depthwise_conv(x, wt, bb, (h, w))
+    assert_close(as_map(ref), L.conv2d(as_map(x), wt, bb, padding=k // 2, groups=c), what="numpy token depthwise")
+    ts, g = [Tensor(a, device="CPU") for a in (x, wt, bb)], Tensor(g, device="CPU")
+    assert TL._on_cpu("CPU")
+    out = TL.token_depthwise_conv(*ts, (h, w))
+    want = ts[0].transpose(1, 2).reshape(b, c, h, w).conv2d(ts[1], ts[2], groups=c, padding=k // 2)
+    want = want.reshape(b, c, h * w).transpose(1, 2)
+    grads = zip((out * g).sum().gradient(*ts), (want * g).sum().gradient(*ts), "xwb")
+    assert_close(ref, out.numpy(), what="TL token depthwise forward")
+    for got, exp, name in grads:
+        assert_close(exp.numpy(), got.numpy(), what=f"token depthwise d{name}")
+
+
 @given(seed=seeds, cin=small, cout=small, k=st.integers(1, 4), stride=st.integers(1, 3), size=st.integers(2, 6))
 def test_conv_transpose2d(seed, cin, cout, k, stride, size):
     rng = np.random.default_rng(seed)

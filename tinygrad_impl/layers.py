@@ -36,8 +36,14 @@ def _on_cpu(device):
     return isinstance(device, str) and cpu_like(device)
 
 
-def _upcast(n):
-    return next(u for u in (8, 4, 2, 5, 3, 1) if n % u == 0)
+def _upcast(n, most=8):
+    return next(u for u in (16, 8, 4, 2, 5, 3, 1) if u <= most and n % u == 0)
+
+
+def _upcasts(sizes, *amounts):
+    """UPCAST opts from (range index, amount) pairs over ranges of these sizes; ranges of length 1 are folded away
+    before opts apply, so they do not count, and an amount of 1 is no opt"""
+    return tuple(Opt(OptOps.UPCAST, sum(n > 1 for n in sizes[:ax]), u) for ax, u in amounts if u > 1)
 
 
 def _matmul_kernel(transpose_a, transpose_b, has_bias):
@@ -54,8 +60,7 @@ def _matmul_kernel(transpose_a, transpose_b, has_bias):
         acc = (a * b).reduce(k, arg=Ops.ADD)
         if has_bias:
             acc = acc + bias[0][j]
-        ax_i, ax_j = int(Bt > 1), int(Bt > 1) + int(M > 1)     # opts count only the ranges longer than 1
-        opts = tuple(Opt(OptOps.UPCAST, ax, u) for ax, u in ((ax_j, _upcast(N)), (ax_i, _upcast(M))) if u > 1)
+        opts = _upcasts((Bt, M, N), (2, _upcast(N)), (1, _upcast(M)))
         if transpose_b and K % 4 == 0:
             opts += (Opt(OptOps.UNROLL, 0, 4),)                  # B read along k: 4 at a time
         name = f"matmul_{'nt'[transpose_a]}{'nt'[transpose_b]}_" + "_".join(map(str, (Bt, M, N, K)[Bt == 1:]))
@@ -74,10 +79,20 @@ def _matmul(a, b, bias=None, transpose_a=False, transpose_b=False):
 def _sum_rows_kernel(C, G):
     """C (N,) = G (M, N) summed over its rows, 8 columns a work-item (tinygrad's column sums ran at ~1 GFLOPS here)"""
     M, N = G.shape
-    j, m = UOp.range(N, 0), UOp.range(M, 1, AxisType.REDUCE)
-    opts = tuple(Opt(OptOps.UPCAST, 0, u) for u in (_upcast(N),) if u > 1)
-    return C[j].store(G[m, j].reduce(m, arg=Ops.ADD)).end(j).sink(arg=KernelInfo(name=f"sum_rows_{M}_{N}",
+    j, m = UOp.range(N, 0), _reduce_range(M, 1)
+    opts = _upcasts((N,), (0, _upcast(N)))
+    return C[j].store(_sum_over(G[m, j], m)).end(j).sink(arg=KernelInfo(name=f"sum_rows_{M}_{N}",
                                                                                  opts_to_apply=opts))
+
+
+def _reduce_range(n, axis):
+    """A reduce range, or index 0 for a length-1 one (tinygrad folds that to a constant under its reduce, an error)"""
+    return UOp.range(n, axis, AxisType.REDUCE) if n > 1 else 0
+
+
+def _sum_over(x, *ranges):
+    ranges = [r for r in ranges if isinstance(r, UOp)]
+    return x.reduce(*ranges, arg=Ops.ADD) if ranges else x
 
 
 def _can_matmul_on_cpu(device, *dims):
@@ -157,6 +172,95 @@ def _depthwise_same_conv2d_grad(g, call):
 def _depthwise_same_conv2d(x, w, b=None):
     """x (B, C, H, W), w (C, 1, k, k), odd k, padding k // 2 -> (B, C, H, W); the same numbers as x.conv2d"""
     return x.conv2d(w, b, groups=w.shape[0], padding=w.shape[2] // 2)
+
+
+def token_depthwise_conv(x, w, b, hw):
+    """x (B, L, C): the tokens of an (H, W) map, row by row; w (C, 1, k, k), odd k; b (C,) -> (B, L, C): the
+    'same' depthwise conv2d of that map, computed in token (channels-last) layout, so no transposes around it"""
+    B, L, C = x.shape
+    (H, W), k = hw, w.shape[-1]
+    # (with k, H or W at 1 tinygrad merges the kernels' ranges, and their fixed opts would name the wrong axes)
+    if _on_cpu(x.device) and min(k, H, W) > 1:
+        return _token_depthwise_conv_cpu(tuple(hw))(x.contiguous(), w, b)
+    r = k // 2
+    xp = x.reshape(B, H, W, C).pad(((0, 0), (r, r), (r, r), (0, 0)))        # (B, H+2r, W+2r, C)
+    y = sum(xp[:, i:i + H, j:j + W] * w[:, 0, i, j] for i in range(k) for j in range(k))
+    return (y + b).reshape(B, L, C)
+
+
+# ----------------------------------------------------------------------------
+# The token-layout depthwise conv on a CPU: custom kernels, 8 channels a work-item (tinygrad's own fused the conv
+# into every GELU that read it and vectorized along the map, not the channels)
+# ----------------------------------------------------------------------------
+
+def _pad_map(x, hw, r):
+    """x (B, L, C) -> its (H, W) map zero-padded by r, laid out (B, H+2r, W+2r, C)"""
+    B, L, C = x.shape
+    return x.reshape(B, *hw, C).pad(((0, 0), (r, r), (r, r), (0, 0))).contiguous()
+
+
+def _depthwise_kernel(has_bias):
+    """Y (B, H, W, C) = sum over taps (i, j) of XP (B, H+2r, W+2r, C)[b, y+i, x+j, c] * WT (k, k, C)[i, j, c] [+ bias]"""
+    def kernel(Y, XP, WT, *bias):
+        B, H, W, C = Y.shape
+        k = WT.shape[0]
+        b, y, x, c = (UOp.range(n, a) for a, n in enumerate((B, H, W, C)))
+        acc = None
+        for i in range(k):
+            for j in range(k):
+                t = XP[b, y + i, x + j, c] * WT[i, j, c]
+                acc = t if acc is None else acc + t
+        if has_bias:
+            acc = acc + bias[0][c]
+        # 16 channels by a row of 8 positions a work-item: 2x faster than 8 channels alone (the taps overlap along x)
+        opts = _upcasts((B, H, W, C), (3, _upcast(C, 16)), (2, _upcast(W)))
+        return Y[b, y, x, c].store(acc).end(b, y, x, c).sink(arg=KernelInfo(
+            name=f"depthwise_{k}x{k}_{B}_{H}_{W}_{C}", opts_to_apply=opts))
+    return kernel
+
+
+def _depthwise(xp, wt, bias, hw):
+    """xp (B, H+2r, W+2r, C), wt (k, k, C), bias (C,) or None -> (B, H*W, C)"""
+    B, C = xp.shape[0], xp.shape[3]
+    y = Tensor.empty(B, *hw, C, device=xp.device).custom_kernel(xp, wt, *([] if bias is None else [bias]),
+                                                                 fxn=_depthwise_kernel(bias is not None))[0]
+    return y.reshape(B, -1, C)
+
+
+def _depthwise_dw_kernel(P, G, XP):
+    """P (B, k, k, C)[b, i, j, c] = sum over (y, x) of G (B, H, W, C)[b, y, x, c] * XP[b, y+i, x+j, c]: the weight
+    gradient per batch element (one element's map stays in cache); summed over b after"""
+    B, k, _, C = P.shape
+    H, W = G.shape[1], G.shape[2]
+    b, i, j, c = (UOp.range(n, a) for a, n in enumerate((B, k, k, C)))
+    y, x = _reduce_range(H, 4), _reduce_range(W, 5)
+    acc = _sum_over(G[b, y, x, c] * XP[b, y + i, x + j, c], y, x)
+    opts = _upcasts((B, k, k, C), (3, _upcast(C, 16)), (2, k), (1, k))          # 16 channels x all taps
+    return P[b, i, j, c].store(acc).end(b, i, j, c).sink(arg=KernelInfo(name=f"depthwise_dw_{B}_{k}_{H}_{W}_{C}",
+                                                                       opts_to_apply=opts))
+
+
+def _token_depthwise_conv_grad(g, call, hw):
+    """dx: the same conv of g with the kernel flipped; dw: per-element reductions, then summed; db: g's column sums"""
+    x, w = Tensor(call.src[1]), Tensor(call.src[2])
+    B, L, C = x.shape
+    k = w.shape[-1]
+    g = Tensor(g).contiguous()                                                   # (B, L, C)
+    dx = _depthwise(_pad_map(g, hw, k // 2), w.flip((2, 3)).reshape(C, k, k).permute(1, 2, 0).contiguous(), None, hw)
+    part = Tensor.empty(B, k, k, C, device=g.device).custom_kernel(g.reshape(B, *hw, C), _pad_map(x, hw, k // 2),
+                                                                   fxn=_depthwise_dw_kernel)[0]
+    dw = Tensor.empty(k * k * C, device=g.device).custom_kernel(part.reshape(B, k * k * C), fxn=_sum_rows_kernel)[0]
+    db = Tensor.empty(C, device=g.device).custom_kernel(g.reshape(B * L, C), fxn=_sum_rows_kernel)[0]
+    return (dx.uop, dw.reshape(k, k, C).permute(2, 0, 1).reshape(C, 1, k, k).uop, db.uop) + (None,) * (len(call.src) - 4)
+
+
+@functools.lru_cache(maxsize=None)
+def _token_depthwise_conv_cpu(hw):
+    """token_depthwise_conv for one map size (H, W), with its own backward"""
+    def conv(x, w, b):
+        C, k = w.shape[0], w.shape[-1]
+        return _depthwise(_pad_map(x, hw, k // 2), w.reshape(C, k, k).permute(1, 2, 0).contiguous(), b, hw)
+    return function(conv, grad_fxn=functools.partial(_token_depthwise_conv_grad, hw=hw), allow_implicit=True)
 
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0):

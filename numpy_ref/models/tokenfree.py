@@ -10,7 +10,7 @@ import numpy as np
 
 from ..configs import check_inputs
 from ..layers import (conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate,
-                      multi_head_attention, silu, timestep_embedding)
+                      multi_head_attention, silu, timestep_embedding, token_depthwise_conv)
 
 # ----------------------------------------------------------------------------
 # Parameters
@@ -97,10 +97,8 @@ def mlp(p, prefix, h, hw, cfg):
     """fc1 -> [depthwise 3x3 on the (H/S, W/S) map] -> GELU -> fc2: h (B, L, D) -> (B, L, D)"""
     z = linear(h, p[f"{prefix}.fc1.weight"], p[f"{prefix}.fc1.bias"])              # (B, L, hid)
     if cfg.pos_conv:
-        B, L, hid = z.shape
-        zmap = z.transpose(0, 2, 1).reshape(B, hid, *hw)                           # (B, hid, H/S, W/S)
-        zmap = conv2d(zmap, p[f"{prefix}.pos_conv.weight"], p[f"{prefix}.pos_conv.bias"], padding=1, groups=hid)
-        z = zmap.reshape(B, hid, L).transpose(0, 2, 1)                             # (B, L, hid)
+        # the depthwise 3x3 conv of the (H/S, W/S) map, in token layout
+        z = token_depthwise_conv(z, p[f"{prefix}.pos_conv.weight"], p[f"{prefix}.pos_conv.bias"], hw)   # (B, L, hid)
     return linear(gelu(z), p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
 
 
