@@ -42,18 +42,21 @@ def test_linear_cpu_matmul_kernels_and_their_gradients(seed, rows, n_in, n_out, 
         assert_close(want.numpy(), got.numpy(), what=f"linear d{name}")
 
 
-@given(seed=seeds, b=small, heads=st.integers(1, 3), lq=st.integers(1, 17), lk=st.integers(1, 17), d=st.integers(1, 9))
-def test_attention_cpu_matmul_kernels_and_their_gradients(seed, b, heads, lq, lk, d):
-    """TL.attention's CPU path (q k^T and p v as its own batched matmul kernels) against numpy_ref, and its
-    gradients against tinygrad's autograd of the same formula with tinygrad's matmul"""
+@given(seed=seeds, b=small, heads=st.integers(1, 3), lq=st.integers(1, 17), lk=st.integers(1, 21), d=st.integers(1, 9),
+       bias=st.booleans())
+def test_attention_cpu_matmul_kernels_and_their_gradients(seed, b, heads, lq, lk, d, bias):
+    """TL.attention's CPU path (q k^T and p v as its own batched matmul kernels, keys padded when lk is not a multiple
+    of 8) against numpy_ref, and its gradients against tinygrad's autograd of the same formula with tinygrad's matmul"""
     rng = np.random.default_rng(seed)
     q, k, v, g = (rand(rng, b, heads, n, d) for n in (lq, lk, lk, lq))
+    bb = rand(rng, 1, heads, lq, lk) if bias else None
     ts, g = [Tensor(a, device="CPU") for a in (q, k, v)], Tensor(g, device="CPU")
-    out = TL.attention(*ts)
-    ref = (ts[0] @ ts[1].transpose(-1, -2) * (1 / math.sqrt(d))).softmax(-1) @ ts[2]
+    tb = None if bb is None else Tensor(bb, device="CPU")
+    out = TL.attention(*ts, tb)
+    ref = (ts[0] @ ts[1].transpose(-1, -2) * (1 / math.sqrt(d)) + (0 if tb is None else tb)).softmax(-1) @ ts[2]
     # gradients built before the forward is realized: realizing it first cuts the graph at its materialized softmax
     grads = zip((out * g).sum().gradient(*ts), (ref * g).sum().gradient(*ts), "qkv")
-    assert_close(L.attention(q, k, v), out.numpy(), what="attention forward")
+    assert_close(L.attention(q, k, v, bb), out.numpy(), what="attention forward")
     for got, want, name in grads:
         assert_close(want.numpy(), got.numpy(), what=f"attention d{name}")
 

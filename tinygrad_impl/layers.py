@@ -386,18 +386,25 @@ def attention(q, k, v, bias=None):
     B, h, Lq, d = q.shape
     Lk = k.shape[2]
     on_cpu = k.shape[:2] == v.shape[:2] == (B, h) and _can_matmul_on_cpu(q.device, Lq, Lk, d, v.shape[3])
+    # On a CPU keys and values get zero rows up to a multiple of 16 when Lk is not a multiple of 8 (U-ViT's 65 tokens):
+    # the matmuls and softmax kernels vectorize along Lk only at a power-of-two tile (at 65: 25 GFLOPS, not ~90). The
+    # padded keys' logits are -1e30, their probabilities exp(-87.3) ~ 1e-38 (lost in the row sum), their values zero
+    pad = -Lk % 16 if on_cpu and Lk % 8 else 0
     if on_cpu:
+        k, v = (z.pad(((0, 0), (0, 0), (0, pad), (0, 0))) for z in (k, v))
         q, k, v = (z.contiguous().reshape(B * h, z.shape[2], z.shape[3]) for z in (q, k, v))
-        logits = _bmm_nt_cpu(q, k).reshape(B, h, Lq, Lk) * (1.0 / math.sqrt(d))
+        logits = _bmm_nt_cpu(q, k).reshape(B, h, Lq, Lk + pad) * (1.0 / math.sqrt(d))
     else:
         logits = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d))             # (B, h, Lq, Lk)
     if bias is not None:
-        logits = logits + bias
+        logits = logits + (bias.expand(B, h, Lq, Lk).pad(((0, 0),) * 3 + ((0, pad),)) if pad else bias)
+    if pad:
+        logits = logits + Tensor.full((Lk,), 0.0, device=logits.device).pad(((0, pad),), value=-1e30)
     # logits, probabilities and both their gradients are materialized once: otherwise the softmax (exp) is
     # recomputed inside the P @ V matmul and inside the gradient reductions of q, k and v
     probs = softmax(logits.contiguous_backward().contiguous(), -1).contiguous().contiguous_backward()
     if on_cpu:
-        return _bmm_cpu(probs.reshape(B * h, Lq, Lk), v).reshape(B, h, Lq, v.shape[2])
+        return _bmm_cpu(probs.reshape(B * h, Lq, Lk + pad), v).reshape(B, h, Lq, v.shape[2])
     return probs @ v                                                      # (B, h, Lq, d)
 
 
