@@ -117,15 +117,22 @@ def test_conv_transpose2d(seed, cin, cout, k, stride, size):
 
 @given(seed=seeds, d=st.integers(2, 33), affine=st.booleans(), eps=st.sampled_from([1e-6, 1e-5]))
 def test_layer_norm(seed, d, affine, eps):
+    """numpy_ref, tinygrad's nn.LayerNorm and TL.layer_norm agree; TL's gradients (on a CPU the affine part has its
+    own backward) equal the autograd of nn.LayerNorm's"""
     rng = np.random.default_rng(seed)
-    x = rand(rng, 2, 5, d) * 3 + 1
+    x, g = rand(rng, 2, 5, d) * 3 + 1, rand(rng, 2, 5, d)
     w, b = (rand(rng, d), rand(rng, d)) if affine else (None, None)
     ref = L.layer_norm(x, w, b, eps)
     ln = nn.LayerNorm(d, eps=eps, elementwise_affine=affine)
+    ts = [Tensor(a, device="CPU") for a in (x, w, b) if a is not None]
     if affine:
-        ln.weight, ln.bias = Tensor(w), Tensor(b)
-    assert_close(ref, ln(Tensor(x)).numpy(), what="layer_norm")
-    assert_close(ref, TL.layer_norm(Tensor(x), *(Tensor(a) if a is not None else None for a in (w, b)), eps).numpy())
+        ln.weight, ln.bias = ts[1:]
+    want, out = ln(ts[0]), TL.layer_norm(*ts, *(() if affine else (None, None)), eps)
+    grads = zip((out * Tensor(g)).sum().gradient(*ts), (want * Tensor(g)).sum().gradient(*ts), "xwb")
+    assert_close(ref, want.numpy(), what="layer_norm")
+    assert_close(ref, out.numpy(), what="TL.layer_norm")
+    for got, exp, name in grads:
+        assert_close(exp.numpy(), got.numpy(), what=f"layer_norm d{name}")
 
 
 @given(seed=seeds, groups=st.sampled_from([1, 2, 4]), per=st.integers(1, 3), size=st.integers(1, 6))

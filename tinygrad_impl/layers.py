@@ -275,9 +275,35 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0):
 def layer_norm(x, w=None, b=None, eps=1e-6):
     """Normalise over the last axis: x (..., D) -> (..., D); w, b (D,) or None (no affine)."""
     y = x.layernorm(-1, eps)
+    rows = math.prod(x.shape[:-1])
+    if w is not None and b is not None and _can_matmul_on_cpu(x.device, rows, x.shape[-1]):
+        return _affine_cpu(y.reshape(rows, -1).contiguous(), w, b).reshape(x.shape)
     if w is not None:
         y = y * w
     return y if b is None else y + b
+
+
+def _column_dot_kernel(C, A, B):
+    """C (N,) = the dot products of the columns of A and B (M, N), 8 columns a work-item"""
+    M, N = A.shape
+    j, m = UOp.range(N, 0), _reduce_range(M, 1)
+    return C[j].store(_sum_over(A[m, j] * B[m, j], m)).end(j).sink(arg=KernelInfo(
+        name=f"column_dot_{M}_{N}", opts_to_apply=_upcasts((N,), (0, _upcast(N)))))
+
+
+def _affine_cpu_grad(g, call):
+    """dx = g * w; dw, db: column reductions over the rows (tinygrad's ran at ~3 GFLOPS: 12 ms of U-ViT's step)"""
+    x, w = Tensor(call.src[1]), Tensor(call.src[2])
+    g = Tensor(g).contiguous()                                                   # (M, N)
+    dw = Tensor.empty(w.shape[0], device=g.device).custom_kernel(g, x, fxn=_column_dot_kernel)[0]
+    db = Tensor.empty(w.shape[0], device=g.device).custom_kernel(g, fxn=_sum_rows_kernel)[0]
+    return ((g * w).uop, dw.uop, db.uop) + (None,) * (len(call.src) - 4)
+
+
+@function(grad_fxn=_affine_cpu_grad, allow_implicit=True)
+def _affine_cpu(x, w, b):
+    """x (M, N) * w (N,) + b (N,), with its own backward"""
+    return x * w + b
 
 
 def group_norm(x, groups, w=None, b=None, eps=1e-5):
