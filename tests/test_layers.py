@@ -161,6 +161,10 @@ def test_activations_against_tinygrad_and_closed_forms():
     assert_close(L.softmax(x.reshape(3, -1)), TL.softmax(tx.reshape(3, -1)).numpy(), what="TL.softmax")
     for name in ("gelu", "silu", "sigmoid"):
         assert_close(getattr(L, name)(x), getattr(TL, name)(tx).numpy(), what=f"TL.{name}")
+    # gelu and softmax have their own backward on a CPU: the gradients of tinygrad's own formulas
+    tx, g = Tensor(x.reshape(3, -1), device="CPU"), Tensor(np.cos(x).reshape(3, -1), device="CPU")
+    for got, want, name in ((TL.gelu(tx), tx.gelu(approximate="none"), "gelu"), (TL.softmax(tx), tx.softmax(), "softmax")):
+        assert_close((want * g).sum().gradient(tx)[0].numpy(), (got * g).sum().gradient(tx)[0].numpy(), what=f"d TL.{name}")
 
 
 @given(seed=seeds, b=small, h=st.integers(1, 3), lq=st.integers(1, 7), lk=st.integers(1, 7), d=st.integers(1, 8),

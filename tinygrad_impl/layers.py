@@ -343,21 +343,40 @@ def gelu(x, approximate="erf"):
     """GELU; approximate="erf" is the exact form (U-ViT), "tanh" the GPT-2/DiT approximation."""
     if approximate not in ("erf", "tanh"):
         raise ValueError(f"gelu: approximate must be 'erf' or 'tanh', got {approximate!r}")
+    if approximate == "erf" and _on_cpu(x.device):
+        return _gelu_erf_cpu(x.contiguous())
     # materialized in both passes: otherwise every weight-gradient reduction downstream recomputes erf/tanh per term
     x = x.contiguous_backward()
     if approximate == "tanh":
         return x.gelu(approximate="tanh").contiguous()
-    # erf as in numpy_ref (Abramowitz & Stegun 7.1.26, tinygrad's Tensor.erf), with its exp computed once: the
-    # backward multiplies by the saved exact slope Phi(x) + x phi(x) instead of differentiating the formula again
-    # (on a CPU exp was most of GELU's cost; see _exp)
+    value, slope = _gelu_erf_value_and_slope(x, materialize=True)
+    return (value + (x - x.detach()) * slope).contiguous()      # x - x.detach(): zero in value, identity in gradient
+
+
+def _gelu_erf_value_and_slope(x, materialize=False):
+    """GELU(x) and its slope Phi(x) + x phi(x), with no gradient. erf as in numpy_ref (Abramowitz & Stegun 7.1.26,
+    tinygrad's Tensor.erf), its exp computed once: the backward multiplies by the exact slope instead of
+    differentiating the formula again (on a CPU exp was most of GELU's cost; see _exp)"""
     y = x * (1 / math.sqrt(2))
-    e = _exp(-y.square()).contiguous()                           # exp(-x^2 / 2)
+    e = _exp(-y.square())                                        # exp(-x^2 / 2)
+    e = e.contiguous() if materialize else e
     t = 1.0 / (1.0 + 0.3275911 * y.abs())
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
     erf_y = y.sign() * (1.0 - poly * e)                           # erf(x / sqrt(2))
     value = (0.5 * x * (1.0 + erf_y)).detach()
-    slope = (0.5 * (1.0 + erf_y) + x * e * (1 / math.sqrt(2 * math.pi))).detach().contiguous()
-    return (value + (x - x.detach()) * slope).contiguous()      # x - x.detach(): zero in value, identity in gradient
+    slope = (0.5 * (1.0 + erf_y) + x * e * (1 / math.sqrt(2 * math.pi))).detach()
+    return value, (slope.contiguous() if materialize else slope)
+
+
+def _gelu_erf_cpu_grad(g, call):
+    """g * slope, the slope recomputed from x in the same kernel (one pass, nothing saved but x)"""
+    return ((Tensor(g) * _gelu_erf_value_and_slope(Tensor(call.src[1]))[1]).uop,)
+
+
+@function(grad_fxn=_gelu_erf_cpu_grad, allow_implicit=True)
+def _gelu_erf_cpu(x):
+    """GELU (erf form) with its own backward: one kernel forward, one backward (the general path made five)"""
+    return _gelu_erf_value_and_slope(x)[0]
 
 
 def sigmoid(x):
