@@ -231,6 +231,12 @@ def test_modulate_and_embedding():
     ref = L.modulate(x, shift, scale)
     np.testing.assert_allclose(ref[1, 2], x[1, 2] * (1 + scale[1]) + shift[1], rtol=1e-6)
     assert_close(ref, TL.modulate(Tensor(x), Tensor(shift), Tensor(scale)).numpy())
+    # on a CPU modulate has its own backward: the gradients of the plain formula
+    ts, g = [Tensor(a, device="CPU") for a in (x, shift, scale)], Tensor(rand(rng, 2, 3, 4), device="CPU")
+    want = ts[0] * (1 + ts[2].unsqueeze(1)) + ts[1].unsqueeze(1)
+    grads = zip((TL.modulate(*ts) * g).sum().gradient(*ts), (want * g).sum().gradient(*ts), ("x", "shift", "scale"))
+    for got, exp, name in grads:
+        assert_close(exp.numpy(), got.numpy(), what=f"modulate d{name}")
     table = rand(rng, 5, 3)
     np.testing.assert_array_equal(L.embedding([4, 0], table), table[[4, 0]])
     np.testing.assert_array_equal(TL.embedding(np.array([4, 0]), Tensor(table)).numpy(), table[[4, 0]])

@@ -76,13 +76,23 @@ def _matmul(a, b, bias=None, transpose_a=False, transpose_b=False):
     return Tensor.empty(*shape, device=a.device).custom_kernel(a, b, *([] if bias is None else [bias]), fxn=kernel)[0]
 
 
-def _sum_rows_kernel(C, G):
-    """C (N,) = G (M, N) summed over its rows, 8 columns a work-item (tinygrad's column sums ran at ~1 GFLOPS here)"""
-    M, N = G.shape
-    j, m = UOp.range(N, 0), _reduce_range(M, 1)
-    opts = _upcasts((N,), (0, _upcast(N)))
-    return C[j].store(_sum_over(G[m, j], m)).end(j).sink(arg=KernelInfo(name=f"sum_rows_{M}_{N}",
-                                                                                 opts_to_apply=opts))
+def _column_sums_kernel(C, A, *B):
+    """C (Bt, N)[b, j] = the sum over m of A (Bt, M, N)[b, m, j], times B[b, m, j] when B is given: 8 columns a
+    work-item (tinygrad's column sums ran at 1-3 GFLOPS here: bias, norm and adaLN gradients)"""
+    Bt, M, N = A.shape
+    b, j, m = UOp.range(Bt, 0), UOp.range(N, 1), _reduce_range(M, 2)
+    x = A[b, m, j] * B[0][b, m, j] if B else A[b, m, j]
+    name = f"column_{'dots' if B else 'sums'}_" + "_".join(map(str, (Bt, M, N)[Bt == 1:]))
+    return C[b, j].store(_sum_over(x, m)).end(b, j).sink(arg=KernelInfo(name=name, opts_to_apply=_upcasts(
+        (Bt, N), (1, _upcast(N)))))
+
+
+def _column_sums(a, b=None):
+    """a (..., M, N) [* b] summed over M -> (..., N); a and b are laid out contiguous first"""
+    *lead, M, N = a.shape
+    args = [z.reshape(-1, M, N) for z in ((a,) if b is None else (a, b))]
+    out = Tensor.empty(args[0].shape[0], N, device=a.device).custom_kernel(*args, fxn=_column_sums_kernel)[0]
+    return out.reshape(*lead, N)
 
 
 def _reduce_range(n, axis):
@@ -105,7 +115,7 @@ def _linear_cpu_grad(g, call, has_bias):
     g = Tensor(g).contiguous()                                                   # (1, M, N)
     grads = (_matmul(g, w.unsqueeze(0)).uop, _matmul(g, x, transpose_a=True)[0].uop)   # (1, M, K), (N, K)
     if has_bias:
-        db = Tensor.empty(w.shape[0], device=g.device).custom_kernel(g.reshape(g.shape[1:]), fxn=_sum_rows_kernel)[0]
+        db = _column_sums(g.reshape(g.shape[1:]))
         grads += (db.uop,)
     return grads + (None,) * (len(call.src) - 1 - len(grads))                   # none for the output buffer
 
@@ -249,8 +259,7 @@ def _token_depthwise_conv_grad(g, call, hw):
     dx = _depthwise(_pad_map(g, hw, k // 2), w.flip((2, 3)).reshape(C, k, k).permute(1, 2, 0).contiguous(), None, hw)
     part = Tensor.empty(B, k, k, C, device=g.device).custom_kernel(g.reshape(B, *hw, C), _pad_map(x, hw, k // 2),
                                                                    fxn=_depthwise_dw_kernel)[0]
-    dw = Tensor.empty(k * k * C, device=g.device).custom_kernel(part.reshape(B, k * k * C), fxn=_sum_rows_kernel)[0]
-    db = Tensor.empty(C, device=g.device).custom_kernel(g.reshape(B * L, C), fxn=_sum_rows_kernel)[0]
+    dw, db = _column_sums(part.reshape(B, k * k * C)), _column_sums(g.reshape(B * L, C))
     return (dx.uop, dw.reshape(k, k, C).permute(2, 0, 1).reshape(C, 1, k, k).uop, db.uop) + (None,) * (len(call.src) - 4)
 
 
@@ -283,20 +292,11 @@ def layer_norm(x, w=None, b=None, eps=1e-6):
     return y if b is None else y + b
 
 
-def _column_dot_kernel(C, A, B):
-    """C (N,) = the dot products of the columns of A and B (M, N), 8 columns a work-item"""
-    M, N = A.shape
-    j, m = UOp.range(N, 0), _reduce_range(M, 1)
-    return C[j].store(_sum_over(A[m, j] * B[m, j], m)).end(j).sink(arg=KernelInfo(
-        name=f"column_dot_{M}_{N}", opts_to_apply=_upcasts((N,), (0, _upcast(N)))))
-
-
 def _affine_cpu_grad(g, call):
     """dx = g * w; dw, db: column reductions over the rows (tinygrad's ran at ~3 GFLOPS: 12 ms of U-ViT's step)"""
     x, w = Tensor(call.src[1]), Tensor(call.src[2])
     g = Tensor(g).contiguous()                                                   # (M, N)
-    dw = Tensor.empty(w.shape[0], device=g.device).custom_kernel(g, x, fxn=_column_dot_kernel)[0]
-    db = Tensor.empty(w.shape[0], device=g.device).custom_kernel(g, fxn=_sum_rows_kernel)[0]
+    dw, db = _column_sums(g, x), _column_sums(g)
     return ((g * w).uop, dw.uop, db.uop) + (None,) * (len(call.src) - 4)
 
 
@@ -491,6 +491,22 @@ def timestep_embedding(t, dim, max_period=10000.0):
 
 def modulate(x, shift, scale):
     """adaLN: x (B, L, D), shift/scale (B, D) -> x * (1 + scale) + shift"""
+    if _can_matmul_on_cpu(x.device, *x.shape[1:]):
+        return _modulate_cpu(x.contiguous(), shift, scale)
+    return x * (1.0 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def _modulate_cpu_grad(g, call):
+    """dx = g * (1 + scale); dshift, dscale: per-sample column reductions over L"""
+    x, scale = Tensor(call.src[1]), Tensor(call.src[3])
+    g = Tensor(g).contiguous()                                                   # (B, L, D)
+    return ((g * (1.0 + scale.unsqueeze(1))).uop, _column_sums(g).uop, _column_sums(g, x).uop) + \
+        (None,) * (len(call.src) - 4)
+
+
+@function(grad_fxn=_modulate_cpu_grad, allow_implicit=True)
+def _modulate_cpu(x, shift, scale):
+    """modulate with its own backward"""
     return x * (1.0 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
