@@ -397,22 +397,28 @@ def softmax(x, axis=-1):
     return p + p * (u - (p * u).sum(axis, keepdim=True))         # value p, Jacobian diag(p) - p p^T
 
 
-def _row_dot_kernel(D, A, B):
-    """D (R,) = the dot products of the rows of A and B (R, n), 8 rows a work-item, 4 columns at a time (tinygrad
-    spread each row over a work-group: ~1 ms a block of tokenfree-xs, at 2 GFLOPS)"""
+def _row_sums_kernel(D, A, *B):
+    """D (R,) = the sums of the rows of A (R, n), of A * B when B is given: 8 rows a work-item, 4 columns at a time
+    (tinygrad spread each row over a work-group: the softmax backward's took ~1 ms a block, at 2 GFLOPS)"""
     (R, n) = A.shape
-    r, c = UOp.range(R, 0), UOp.range(n, 1, AxisType.REDUCE)
+    r, c = UOp.range(R, 0), _reduce_range(n, 1)
     opts = _upcasts((R,), (0, _upcast(R))) + ((Opt(OptOps.UNROLL, 0, 4),) if n % 4 == 0 else ())
-    return D[r].store((A[r, c] * B[r, c]).reduce(c, arg=Ops.ADD)).end(r).sink(arg=KernelInfo(
-        name=f"row_dot_{R}_{n}", opts_to_apply=opts))
+    x = A[r, c] * B[0][r, c] if B else A[r, c]
+    return D[r].store(_sum_over(x, c)).end(r).sink(arg=KernelInfo(
+        name=f"row_{'dots' if B else 'sums'}_{R}_{n}", opts_to_apply=opts))
+
+
+def _row_sums(a, b=None):
+    """a (..., n) [* b] summed over its last axis -> (...,); a and b are laid out contiguous first"""
+    n = a.shape[-1]
+    args = [z.reshape(-1, n) for z in ((a,) if b is None else (a, b))]
+    return Tensor.empty(args[0].shape[0], device=a.device).custom_kernel(*args, fxn=_row_sums_kernel)[0].reshape(a.shape[:-1])
 
 
 def _softmax_cpu_grad(g, call):
     """dx = p * (g - rowdot(g, p)), p the saved output"""
     p, g = Tensor(call.gettuple(0)), Tensor(g).contiguous()
-    n = p.shape[-1]
-    d = Tensor.empty(p.numel() // n, device=g.device).custom_kernel(g.reshape(-1, n), p.reshape(-1, n), fxn=_row_dot_kernel)[0]
-    return ((p * (g - d.reshape(*p.shape[:-1], 1))).uop,)
+    return ((p * (g - _row_sums(g, p).unsqueeze(-1))).uop,)
 
 
 @function(grad_fxn=_softmax_cpu_grad, allow_implicit=True)
