@@ -76,6 +76,16 @@ def _matmul(a, b, bias=None, transpose_a=False, transpose_b=False):
     return Tensor.empty(*shape, device=a.device).custom_kernel(a, b, *([] if bias is None else [bias]), fxn=kernel)[0]
 
 
+def _reduce_range(n, axis):
+    """A reduce range, or index 0 for a length-1 one (tinygrad folds that to a constant under its reduce, an error)"""
+    return UOp.range(n, axis, AxisType.REDUCE) if n > 1 else 0
+
+
+def _sum_over(x, *ranges):
+    ranges = [r for r in ranges if isinstance(r, UOp)]
+    return x.reduce(*ranges, arg=Ops.ADD) if ranges else x
+
+
 def _column_sums_kernel(C, A, *B):
     """C (Bt, N)[b, j] = the sum over m of A (Bt, M, N)[b, m, j], times B[b, m, j] when B is given: 8 columns a
     work-item (tinygrad's column sums ran at 1-3 GFLOPS here: bias, norm and adaLN gradients)"""
@@ -93,16 +103,6 @@ def _column_sums(a, b=None):
     args = [z.reshape(-1, M, N) for z in ((a,) if b is None else (a, b))]
     out = Tensor.empty(args[0].shape[0], N, device=a.device).custom_kernel(*args, fxn=_column_sums_kernel)[0]
     return out.reshape(*lead, N)
-
-
-def _reduce_range(n, axis):
-    """A reduce range, or index 0 for a length-1 one (tinygrad folds that to a constant under its reduce, an error)"""
-    return UOp.range(n, axis, AxisType.REDUCE) if n > 1 else 0
-
-
-def _sum_over(x, *ranges):
-    ranges = [r for r in ranges if isinstance(r, UOp)]
-    return x.reduce(*ranges, arg=Ops.ADD) if ranges else x
 
 
 def _can_matmul_on_cpu(device, *dims):
@@ -199,14 +199,20 @@ def token_depthwise_conv(x, w, b, hw):
 
 
 # ----------------------------------------------------------------------------
-# The token-layout depthwise conv on a CPU: custom kernels, 8 channels a work-item (tinygrad's own fused the conv
-# into every GELU that read it and vectorized along the map, not the channels)
+# The token-layout depthwise conv on a CPU: custom kernels vectorized along the channels (tinygrad's own fused the
+# conv into every GELU that read it and vectorized along the map, not the channels)
 # ----------------------------------------------------------------------------
 
 def _pad_map(x, hw, r):
     """x (B, L, C) -> its (H, W) map zero-padded by r, laid out (B, H+2r, W+2r, C)"""
     B, L, C = x.shape
     return x.reshape(B, *hw, C).pad(((0, 0), (r, r), (r, r), (0, 0))).contiguous()
+
+
+def _taps(w):
+    """w (C, 1, k, k) -> (k, k, C): the weights of each tap contiguous over the channels"""
+    C, k = w.shape[0], w.shape[-1]
+    return w.reshape(C, k, k).permute(1, 2, 0).contiguous()
 
 
 def _depthwise_kernel(has_bias):
@@ -256,7 +262,7 @@ def _token_depthwise_conv_grad(g, call, hw):
     B, L, C = x.shape
     k = w.shape[-1]
     g = Tensor(g).contiguous()                                                   # (B, L, C)
-    dx = _depthwise(_pad_map(g, hw, k // 2), w.flip((2, 3)).reshape(C, k, k).permute(1, 2, 0).contiguous(), None, hw)
+    dx = _depthwise(_pad_map(g, hw, k // 2), _taps(w.flip((2, 3))), None, hw)
     part = Tensor.empty(B, k, k, C, device=g.device).custom_kernel(g.reshape(B, *hw, C), _pad_map(x, hw, k // 2),
                                                                    fxn=_depthwise_dw_kernel)[0]
     dw, db = _column_sums(part.reshape(B, k * k * C)), _column_sums(g.reshape(B * L, C))
@@ -267,8 +273,7 @@ def _token_depthwise_conv_grad(g, call, hw):
 def _token_depthwise_conv_cpu(hw):
     """token_depthwise_conv for one map size (H, W), with its own backward"""
     def conv(x, w, b):
-        C, k = w.shape[0], w.shape[-1]
-        return _depthwise(_pad_map(x, hw, k // 2), w.reshape(C, k, k).permute(1, 2, 0).contiguous(), b, hw)
+        return _depthwise(_pad_map(x, hw, w.shape[-1] // 2), _taps(w), b, hw)
     return function(conv, grad_fxn=functools.partial(_token_depthwise_conv_grad, hw=hw), allow_implicit=True)
 
 
