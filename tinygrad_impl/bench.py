@@ -177,12 +177,10 @@ def bench_batches(cfg, batch, n, seed=0):
 def tinygrad_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device=None):
     """step(batch) -> loss: one step of tinygrad_impl.train (jitted AdamW, clip, EMA), state updated in place."""
     from tinygrad import Context, Tensor
+    from .adamw import pack_state
     from .train import BETAS, ema_decay_at, make_train_step
-    from .weights import to_tensors
-    tp = to_tensors(params, device)
-    state = dict(params=tp, ema={k: v.clone().realize() for k, v in tp.items()},
-                 m={k: Tensor.zeros(*v.shape, device=v.device).contiguous().realize() for k, v in tp.items()},
-                 v={k: Tensor.zeros(*v.shape, device=v.device).contiguous().realize() for k, v in tp.items()})
+    zeros = {k: np.zeros_like(v, dtype=np.float32) for k, v in params.items()}
+    state = pack_state(dict(params=params, ema=params, m=zeros, v=zeros), np_model(cfg.arch).param_shapes(cfg), device)
     step_fn, k = make_train_step(state, cfg, 0.0, clip), [0]
 
     def step(b):

@@ -26,6 +26,7 @@ from numpy_ref.data import DATASETS, data_tag, load_dataset
 from numpy_ref.sample import grid_cols, save_grid
 from numpy_ref.schedule import LOSS_WEIGHTS, loss_weight, make_schedule, q_sample, training_target
 from . import weights
+from .adamw import ADAM_EPS, BETAS, adamw_update, pack_state  # noqa: F401 (ADAM_EPS: bench)
 from .beam import use_beam
 from .models import get_model
 from .sample import sample_images
@@ -43,7 +44,6 @@ LEGACY_RUN = dict(loss_weight="none")
 # settings that may change between sessions of one run
 # guidance 3 (was 2) on that run: class accuracy 0.750 -> 0.829, FD 4.1 -> 3.6
 SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=3.0)
-BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 # ----------------------------------------------------------------------------
 # Schedules of the optimiser
@@ -60,15 +60,13 @@ def ema_decay_at(step, decay):
 
 
 # ----------------------------------------------------------------------------
-# Training state: params, EMA copy, AdamW moments (all float32 Tensors, one dict each)
+# Training state: params, EMA copy, AdamW moments (one flat buffer each, and a view per parameter: adamw.py)
 # ----------------------------------------------------------------------------
 
 def init_state(cfg, seed, device=None):
     params = get_model(cfg.arch).init_params(cfg, seed, device)
-    return dict(params=params,
-                ema={k: v.clone().realize() for k, v in params.items()},
-                m={k: Tensor.zeros(*v.shape, device=v.device).contiguous().realize() for k, v in params.items()},
-                v={k: Tensor.zeros(*v.shape, device=v.device).contiguous().realize() for k, v in params.items()})
+    zeros = {k: np.zeros(v.shape, np.float32) for k, v in params.items()}
+    return pack_state(dict(params=params, ema=params, m=zeros, v=zeros), get_model(cfg.arch).param_shapes(cfg), device)
 
 
 def state_tensors(state):
@@ -99,7 +97,7 @@ def load_checkpoint(path, device=None):
     for key in ("step", "data", "seed", "batch"):
         if key not in meta:
             raise ValueError(f"{path}: the metadata has no {key!r}; it was not written by tinygrad_impl.train")
-    return {k: weights.to_tensors(v, device) for k, v in state.items()}, cfg, meta
+    return pack_state(state, get_model(cfg.arch).param_shapes(cfg), device), cfg, meta
 
 
 # ----------------------------------------------------------------------------
@@ -108,36 +106,21 @@ def load_checkpoint(path, device=None):
 
 def make_train_step(state, cfg, weight_decay=0.0, clip=1.0):
     """step(xt, t, target, y, lr, decay, bc1, bc2, weight=None) -> (loss, grad_norm): one AdamW update of state in place.
-    target is what the model should output (the noise, or v: see training_target); weight (B,) scales each
-    sample's squared error (see loss_weight; None: plain mean)
+    state comes from pack_state (one flat buffer a part). target is what the model should output (the noise, or v:
+    see training_target); weight (B,) scales each sample's squared error (see loss_weight; None: plain mean).
     Scalars that change (lr, EMA decay, Adam bias corrections) come in as (1,) Tensors so one JIT serves all steps."""
     model = get_model(cfg.arch)
     # the canonical parameter order, not the dict's: a file loads in sorted order, and the order of the
     # grad-norm sum changes its last bits (so --resume would drift from the straight run once clipping acts)
-    names = list(model.param_shapes(cfg))
-    params, ema, m, v = ([state[s][k] for k in names] for s in ("params", "ema", "m", "v"))
-    b1, b2 = BETAS
+    params = [state["params"][k] for k in model.param_shapes(cfg)]
 
     @TinyJit
     def step(xt, t, target, y, lr, decay, bc1, bc2, weight=None):
         out = model.forward(state["params"], xt, t, y, cfg)                          # (B, C, H, W)
         err = (out - target).square()
         loss = (err if weight is None else err * weight.reshape(-1, 1, 1, 1)).mean()
-        grads = loss.gradient(*params)
-        # one kernel per parameter's sum: fused, the ~100 reductions make one kernel whose name (a range each) passes
-        # 255 characters, and PoCL (OpenCL on the CPU) cannot link a kernel with a name that long
-        grad_norm = Tensor.stack(*[g.square().sum().contiguous() for g in grads]).sum().sqrt()
-        scale = (clip / (grad_norm + 1e-6)).minimum(1.0)                             # clip the global norm
-        for p, g, mi, vi, e in zip(params, grads, m, v, ema):
-            g = g * scale
-            mi.assign(b1 * mi + (1 - b1) * g)
-            vi.assign(b2 * vi + (1 - b2) * g.square())
-            update = (mi / bc1) / ((vi / bc2).sqrt() + ADAM_EPS)
-            if weight_decay and p.ndim >= 2:   # decoupled decay on matrices and kernels only, not biases
-                update = update + weight_decay * p
-            p.assign(p - lr * update)
-            e.assign(decay * e + (1 - decay) * p)
-        Tensor.realize(loss, grad_norm, *params, *m, *v, *ema)
+        grad_norm = adamw_update(state, loss.gradient(*params), lr, decay, bc1, bc2, weight_decay, clip)
+        Tensor.realize(loss, grad_norm, *state["flat"].values())
         return loss, grad_norm
 
     return step
