@@ -15,6 +15,7 @@ from .layers import _on_cpu
 
 BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 WORKERS = min(16, os.cpu_count() or 1)   # work-items of the CPU kernels: each a share of every parameter, in loops
+MAX_GRADS = 48                           # gradients a CPU kernel reads
 
 
 # ----------------------------------------------------------------------------
@@ -94,25 +95,29 @@ def _at(buf, i, valid, offset=0):
     return buf[i + offset if valid is None else (i + offset).valid(valid)]
 
 
-def _sum_squares_kernel(S, *G):
-    """S (WORKERS,) = each work-item's sum of squares over its share of every gradient G_k (n_k,)"""
-    w = UOp.range(WORKERS, 0)
-    share, total = _Shares(w, AxisType.REDUCE), 0.0
-    for g in G:
-        r, i, valid = share(g.shape[0])
-        x = _at(g, i, valid)
-        x = x * x if valid is None else valid.where(x * x, 0.0)
-        total = total + (x if r is None else x.reduce(r, arg=Ops.ADD))
-    return S[w].store(total).end(w).sink(arg=KernelInfo(name=f"grad_sum_squares_{len(G)}", opts_to_apply=()))
+def _sum_squares_kernel(chunk):
+    """S (chunks, WORKERS)[chunk, w] = work-item w's sum of squares over its share of every gradient G_k (n_k,)"""
+    def kernel(S, *G):
+        w = UOp.range(WORKERS, 0)
+        share, total = _Shares(w, AxisType.REDUCE), 0.0
+        for g in G:
+            r, i, valid = share(g.shape[0])
+            x = _at(g, i, valid)
+            x = x * x if valid is None else valid.where(x * x, 0.0)
+            total = total + (x if r is None else x.reduce(r, arg=Ops.ADD))
+        return S[chunk, w].store(total).end(w).sink(arg=KernelInfo(name=f"grad_sum_squares_{len(G)}", opts_to_apply=()))
+    return kernel
 
 
-def _adamw_kernel(decays, weight_decay, clip):
-    """The update as one kernel: P, M, V, E (N,) in place, from the gradients G_k (n_k,) at their offsets in the
-    canonical order, S the partial sums of squares (the clip), LR, DECAY (the EMA's), BC1, BC2 (1,)"""
+def _adamw_kernel(offset, decays, weight_decay, clip):
+    """The update as one kernel: P, M, V, E (N,) in place from the gradients G_k (n_k,), which lie from `offset` on
+    in the canonical order; S (chunks, WORKERS) the partial sums of squares (the clip); LR, DECAY (the EMA's), BC1,
+    BC2 (1,)"""
     def kernel(P, M, V, E, S, LR, DECAY, BC1, BC2, *G):
         w = UOp.range(WORKERS, 0)
-        share, loops, at = _Shares(w, AxisType.LOOP), [], 0
-        norm = sum((S[j] for j in range(1, WORKERS)), S[0]).sqrt()
+        share, loops, at = _Shares(w, AxisType.LOOP), [], offset
+        parts = [S[c, j] for c in range(S.shape[0]) for j in range(WORKERS)]
+        norm = sum(parts[1:], parts[0]).sqrt()
         scale = (clip / (norm + 1e-6)).minimum(1.0)                              # clip the global norm
         lr, decay, bc1, bc2 = LR[0], DECAY[0], BC1[0], BC2[0]
         (b1, b2) = BETAS
@@ -134,9 +139,15 @@ def _adamw_kernel(decays, weight_decay, clip):
 
 def _adamw_update_cpu(p, m, v, ema, grads, lr, decay, bc1, bc2, decays, weight_decay, clip):
     grads = [g.contiguous().reshape(-1) for g in grads]
-    sums = Tensor.empty(WORKERS, device=p.device).custom_kernel(*grads, fxn=_sum_squares_kernel)[0]
-    outs = p.custom_kernel(m, v, ema, sums, lr, decay, bc1, bc2, *grads,
-                           fxn=_adamw_kernel(decays, weight_decay, clip))
-    for t, out in zip((p, m, v, ema), outs):   # the kernel wrote their buffers: the tensors are those buffers after it
+    chunks = range(0, len(grads), MAX_GRADS)   # tinygrad's CPU backend passes at most 63 arguments to a kernel
+    sums = Tensor.empty(len(chunks), WORKERS, device=p.device)
+    for c, at in enumerate(chunks):   # each kernel writes its row of sums (the same buffer, one after the other)
+        sums = sums.custom_kernel(*grads[at:at + MAX_GRADS], fxn=_sum_squares_kernel(c))[0]
+    offsets = np.cumsum([0] + [g.shape[0] for g in grads])
+    state = (p, m, v, ema)
+    for at in chunks:
+        state = state[0].custom_kernel(*state[1:], sums, lr, decay, bc1, bc2, *grads[at:at + MAX_GRADS], fxn=_adamw_kernel(
+            int(offsets[at]), decays[at:at + MAX_GRADS], weight_decay, clip))[:4]
+    for t, out in zip((p, m, v, ema), state):   # the kernels wrote their buffers: the tensors are those buffers after
         t.uop = out.uop
     return sums.sum().sqrt()
