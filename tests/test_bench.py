@@ -87,3 +87,13 @@ def test_cli_set_names_a_bad_field(capsys):
 
 def test_peak_rss_is_measured():
     assert bench.peak_rss_mib() > 10
+
+
+def test_matmul_benchmark_checks_and_times_the_cpu_kernels(capsys):
+    shapes = ((16, 8, 24, False), (24, 16, 8, True))
+    out = bench.time_matmuls(shapes, device="CPU", use_torch=bench.have_torch(), reps=1, per_call=2)
+    assert set(out) == set(shapes)
+    for r in out.values():
+        assert r["tinygrad"] > 0 and math.isfinite(r["tinygrad"]) and ("torch" in r) == bench.have_torch()
+    bench.main(["--matmul", "--device", "CPU", "--no-torch"])
+    assert "matmul A^T B, 512x2048 @ 2048x128: tinygrad" in capsys.readouterr().out

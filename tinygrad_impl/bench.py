@@ -330,6 +330,47 @@ def time_sampling(cfg, backends, n=64, steps=50, guidance=1.0, warmup_steps=2, d
 
 
 # ----------------------------------------------------------------------------
+# Matmuls alone: the kernels most of a CPU training step runs in
+# ----------------------------------------------------------------------------
+
+# (M, K, N, transpose_a) of tokenfree-xs's step, batch 32: the MLP's two linears over B*L = 2048 tokens, and a weight
+# gradient (a reduction over the 2048 rows)
+MATMUL_SHAPES = ((2048, 128, 512, False), (2048, 512, 128, False), (512, 2048, 128, True))
+
+
+def time_matmuls(shapes=MATMUL_SHAPES, device=None, use_torch=True, reps=20, per_call=10):
+    """{(M, K, N, transpose_a): {backend: GFLOPS}}: the matmul of layers.linear on a CPU (_matmul) and PyTorch's,
+    alternately, best of `reps`; tinygrad runs `per_call` matmuls in one TinyJit (launches cost little)"""
+    from tinygrad import Device, Tensor, TinyJit
+    from .layers import _matmul
+    dev = device or Device.DEFAULT
+    out = {}
+    for M, K, N, ta in shapes:
+        rng = np.random.default_rng(0)
+        a_np = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+        b_np = rng.standard_normal((K, N)).astype(np.float32)
+        a, b = Tensor(a_np[None], device=dev).realize(), Tensor(b_np[None], device=dev).realize()
+        jit = TinyJit(lambda: Tensor.realize(*[_matmul(a, b, transpose_a=ta) for _ in range(per_call)])[0])
+        got = _matmul(a, b, transpose_a=ta).numpy()[0]
+        want = (a_np.T if ta else a_np) @ b_np
+        if not np.allclose(got, want, rtol=1e-3, atol=1e-3):
+            raise RuntimeError(f"tinygrad's matmul {M}x{K}x{N} differs from NumPy's by {np.abs(got - want).max():.2e}")
+        runs = {"tinygrad": lambda: (jit(), Device[dev].synchronize())}
+        if use_torch:
+            import torch
+            at, bt = torch.from_numpy(a_np), torch.from_numpy(b_np)
+            runs["torch"] = lambda: [(at.T if ta else at) @ bt for _ in range(per_call)]
+        best = {k: float("inf") for k in runs}
+        for _ in range(reps + 3):   # the first rounds compile and capture
+            for k, run in runs.items():
+                t0 = time.perf_counter()
+                run()
+                best[k] = min(best[k], (time.perf_counter() - t0) / per_call)
+        out[(M, K, N, ta)] = {k: 2 * M * K * N / t / 1e9 for k, t in best.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------
 # The whole benchmark
 # ----------------------------------------------------------------------------
 
@@ -427,6 +468,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="threads of every backend (tinygrad NUM_CPU_THREADS, torch, BLAS); default: all cores. "
                          "On a loaded machine 1 is fairer: 2 threads stall at every barrier when a core is taken")
+    ap.add_argument("--matmul", action="store_true", help="only the matmul kernels of a tokenfree-xs step, GFLOPS of "
+                    "tinygrad (the kernels layers.linear runs on a CPU) and of PyTorch")
     ap.add_argument("--beam", type=int, default=None, help="BEAM-search tinygrad's kernels with this width, training "
                     "and sampling (default: the BEAM environment variable, else none); the first run pays for the "
                     "search (in its warm-up), later runs read it from tinygrad's cache")
@@ -447,6 +490,14 @@ def main(argv=None):
         ap.error("--warmup must be >= 3: TinyJit captures on the second call, so earlier steps include compiling")
     if min(a.batch, a.steps, a.sample_batch, a.sample_steps) < 1:
         ap.error("--batch, --steps, --sample-batch and --sample-steps must be >= 1")
+    if a.matmul:
+        print(f"machine: {machine()}")
+        for (M, K, N, ta), r in time_matmuls(device=a.device, use_torch=have_torch() and not a.no_torch).items():
+            line = f"matmul {'A^T' if ta else 'A'} B, {M}x{K} @ {K}x{N}: tinygrad {r['tinygrad']:.0f} GFLOPS"
+            if "torch" in r:
+                line += f", PyTorch {r['torch']:.0f} GFLOPS, time ratio {r['torch'] / r['tinygrad']:.2f}x"
+            print(line)
+        return None
     return run_benchmark(a.presets, a.batch, a.warmup, a.steps, a.sample_batch, a.sample_steps, a.guidance,
                          use_torch=False if a.no_torch else None, sample=not a.no_sample, device=a.device,
                          torch_device=a.torch_device, **overrides)
