@@ -65,8 +65,8 @@ def adamw_update(state, grads, lr, decay, bc1, bc2, weight_decay=0.0, clip=1.0):
     v.assign(BETAS[1] * v + (1 - BETAS[1]) * g.square())
     update = (m / bc1) / ((v / bc2).sqrt() + ADAM_EPS)
     if any(decays):
-        mask = Tensor(np.concatenate([np.full(int(np.prod(g.shape)), float(d), np.float32) for g, d in zip(grads, decays)]),
-                      device=p.device)
+        mask = Tensor(np.concatenate([np.full(int(np.prod(gr.shape)), float(d), np.float32) for gr, d in zip(grads, decays)]),
+                      device=p.device)                                            # (N,) 1 where decayed
         update = update + weight_decay * mask * p
     p.assign(p - lr * update)
     ema.assign(decay * ema + (1 - decay) * p)
