@@ -34,6 +34,12 @@ def pack_state(parts, shapes, device=None):
     return state
 
 
+def new_state(params, shapes, device=None):
+    """The state of a run's first step: params {name: array or Tensor}, the EMA a copy of them, m and v zero"""
+    zeros = {k: np.zeros(shape, np.float32) for k, shape in shapes.items()}
+    return pack_state(dict(params=params, ema=params, m=zeros, v=zeros), shapes, device)
+
+
 def flat_views(flat, shapes):
     """flat (N,) -> {name: (shape) view of flat}, in the order of shapes"""
     views, at = {}, 0

@@ -177,10 +177,9 @@ def bench_batches(cfg, batch, n, seed=0):
 def tinygrad_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device=None):
     """step(batch) -> loss: one step of tinygrad_impl.train (jitted AdamW, clip, EMA), state updated in place."""
     from tinygrad import Context, Tensor
-    from .adamw import pack_state
-    from .train import BETAS, ema_decay_at, make_train_step
-    zeros = {k: np.zeros_like(v, dtype=np.float32) for k, v in params.items()}
-    state = pack_state(dict(params=params, ema=params, m=zeros, v=zeros), np_model(cfg.arch).param_shapes(cfg), device)
+    from .adamw import BETAS, new_state
+    from .train import ema_decay_at, make_train_step
+    state = new_state(params, np_model(cfg.arch).param_shapes(cfg), device)
     step_fn, k = make_train_step(state, cfg, 0.0, clip), [0]
 
     def step(b):
@@ -200,7 +199,8 @@ def torch_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device="cpu")
     """step(batch) -> loss: PyTorch eager with the same ingredients (MSE on eps, AdamW, global-norm clip, EMA).
     The batch is copied to `device` inside the step, as tinygrad's is; loss.item() waits for the device."""
     import torch
-    from .train import ADAM_EPS, BETAS, ema_decay_at
+    from .adamw import ADAM_EPS, BETAS
+    from .train import ema_decay_at
     forward = TORCH_FORWARDS[cfg.arch]
     p = torch_params(params, requires_grad=True, device=device)
     ema = {k: v.detach().clone() for k, v in p.items()}

@@ -26,7 +26,7 @@ from numpy_ref.data import DATASETS, data_tag, load_dataset
 from numpy_ref.sample import grid_cols, save_grid
 from numpy_ref.schedule import LOSS_WEIGHTS, loss_weight, make_schedule, q_sample, training_target
 from . import weights
-from .adamw import ADAM_EPS, BETAS, adamw_update, pack_state  # noqa: F401 (ADAM_EPS: bench)
+from .adamw import BETAS, adamw_update, new_state, pack_state
 from .beam import use_beam
 from .models import get_model
 from .sample import sample_images
@@ -64,9 +64,8 @@ def ema_decay_at(step, decay):
 # ----------------------------------------------------------------------------
 
 def init_state(cfg, seed, device=None):
-    params = get_model(cfg.arch).init_params(cfg, seed, device)
-    zeros = {k: np.zeros(v.shape, np.float32) for k, v in params.items()}
-    return pack_state(dict(params=params, ema=params, m=zeros, v=zeros), get_model(cfg.arch).param_shapes(cfg), device)
+    model = get_model(cfg.arch)
+    return new_state(model.init_params(cfg, seed, device), model.param_shapes(cfg), device)
 
 
 def state_tensors(state):

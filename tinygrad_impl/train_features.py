@@ -17,9 +17,9 @@ from tinygrad import Context, Device, Tensor, TinyJit
 
 from numpy_ref.data import DATASETS, load_dataset
 from . import features as F
+from .adamw import ADAM_EPS, BETAS
 
 DEFAULTS = dict(steps=2000, batch=128, lr=5e-3, warmup=100, weight_decay=5e-4, width=16, seed=0)
-BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 # ----------------------------------------------------------------------------
 # Batches and the optimiser
