@@ -2,15 +2,18 @@
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, strategies as st
 from tinygrad import Tensor, nn
 
 import numpy_ref.layers as L
 import tinygrad_impl.layers as TL
-from util import assert_close
+from util import assert_close, opencl_available
 
 small = st.integers(1, 3)
 seeds = st.integers(0, 2**31 - 1)
+# the CPU kernels in tinygrad's CPU backend (UOp kernels) and in OpenCL on a CPU (PoCL: OpenCL C matmuls)
+CPU_DEVICES = ["CPU"] + (["CL"] if opencl_available() and TL._on_cpu("CL") else [])
 
 
 def rand(rng, *shape):
@@ -26,32 +29,36 @@ def test_linear(seed, b, n_in, n_out, bias):
     assert_close(ref, TL.linear(Tensor(x), Tensor(w), None if bb is None else Tensor(bb)).numpy(), what="TL.linear")
 
 
+@pytest.mark.parametrize("device", CPU_DEVICES)
 @given(seed=seeds, rows=st.integers(1, 20), n_in=st.integers(1, 20), n_out=st.integers(1, 20), bias=st.booleans())
-def test_linear_cpu_matmul_kernels_and_their_gradients(seed, rows, n_in, n_out, bias):
+def test_linear_cpu_matmul_kernels_and_their_gradients(device, seed, rows, n_in, n_out, bias):
     """On a CPU TL.linear runs its own matmul kernels (fixed tiles, own backward): the same values and gradients as
-    tinygrad's x @ w.T + b, for sizes that the 8x8 tiles do and do not divide"""
-    assert TL._on_cpu("CPU")
+    tinygrad's x @ w.T + b, for sizes that the tiles do and do not divide"""
+    assert TL._on_cpu(device)
     rng = np.random.default_rng(seed)
     x, w, bb, g = rand(rng, rows, n_in), rand(rng, n_out, n_in), rand(rng, n_out), rand(rng, rows, n_out)
-    ts = [Tensor(a, device="CPU") for a in (x, w) + ((bb,) if bias else ())]
+    ts = [Tensor(a, device=device) for a in (x, w) + ((bb,) if bias else ())]
     out = TL.linear(*ts[:2], ts[2] if bias else None)
     ref = ts[0] @ ts[1].T + (ts[2] if bias else 0)
+    g = Tensor(g, device=device)
+    # gradients built before the forward is realized (on CL a realized 1x1 x.contiguous() lost its link to x: dx = 0)
+    grads = zip((out * g).sum().gradient(*ts), (ref * g).sum().gradient(*ts), "xwb")
     assert_close(ref.numpy(), out.numpy(), what="linear forward")
-    g = Tensor(g, device="CPU")
-    for got, want, name in zip((out * g).sum().gradient(*ts), (ref * g).sum().gradient(*ts), "xwb"):
+    for got, want, name in grads:
         assert_close(want.numpy(), got.numpy(), what=f"linear d{name}")
 
 
+@pytest.mark.parametrize("device", CPU_DEVICES)
 @given(seed=seeds, b=small, heads=st.integers(1, 3), lq=st.integers(1, 17), lk=st.integers(1, 21), d=st.integers(1, 9),
        bias=st.booleans())
-def test_attention_cpu_matmul_kernels_and_their_gradients(seed, b, heads, lq, lk, d, bias):
+def test_attention_cpu_matmul_kernels_and_their_gradients(device, seed, b, heads, lq, lk, d, bias):
     """TL.attention's CPU path (q k^T and p v as its own batched matmul kernels, keys padded when lk is not a multiple
     of 8) against numpy_ref, and its gradients against tinygrad's autograd of the same formula with tinygrad's matmul"""
     rng = np.random.default_rng(seed)
     q, k, v, g = (rand(rng, b, heads, n, d) for n in (lq, lk, lk, lq))
     bb = rand(rng, 1, heads, lq, lk) if bias else None
-    ts, g = [Tensor(a, device="CPU") for a in (q, k, v)], Tensor(g, device="CPU")
-    tb = None if bb is None else Tensor(bb, device="CPU")
+    ts, g = [Tensor(a, device=device) for a in (q, k, v)], Tensor(g, device=device)
+    tb = None if bb is None else Tensor(bb, device=device)
     out = TL.attention(*ts, tb)
     ref = (ts[0] @ ts[1].transpose(-1, -2) * (1 / math.sqrt(d)) + (0 if tb is None else tb)).softmax(-1) @ ts[2]
     # gradients built before the forward is realized: realizing it first cuts the graph at its materialized softmax
@@ -59,6 +66,20 @@ def test_attention_cpu_matmul_kernels_and_their_gradients(seed, b, heads, lq, lk
     assert_close(L.attention(q, k, v, bb), out.numpy(), what="attention forward")
     for got, want, name in grads:
         assert_close(want.numpy(), got.numpy(), what=f"attention d{name}")
+
+
+@pytest.mark.parametrize("device", CPU_DEVICES)
+@given(seed=seeds, bt=small, m=st.integers(2, 40), n=st.integers(2, 40), k=st.integers(2, 20),
+       transpose_a=st.booleans(), transpose_b=st.booleans(), bias=st.booleans())
+def test_cpu_matmul_kernel_layouts(device, seed, bt, m, n, k, transpose_a, transpose_b, bias):
+    """TL._matmul, each layout, against NumPy, at the sizes it gets (all > 1): on CL tiles of 1-16 rows (the largest
+    that divides m) and 2-16 columns"""
+    rng = np.random.default_rng(seed)
+    a, b, bb = rand(rng, bt, *((k, m) if transpose_a else (m, k))), rand(rng, bt, *((n, k) if transpose_b else (k, n))), rand(rng, n)
+    want = (a.transpose(0, 2, 1) if transpose_a else a) @ (b.transpose(0, 2, 1) if transpose_b else b) + (bb if bias else 0)
+    got = TL._matmul(Tensor(a, device=device), Tensor(b, device=device), Tensor(bb, device=device) if bias else None,
+                     transpose_a, transpose_b)
+    assert_close(want, got.numpy(), what="matmul")
 
 
 @given(seed=seeds, b=small, cg=st.integers(1, 3), groups=st.sampled_from([1, 2]), cout_g=st.integers(1, 3),

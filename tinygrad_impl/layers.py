@@ -6,7 +6,8 @@ import numpy as np
 from tinygrad import Tensor, UOp, dtypes
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.function import function
-from tinygrad.uop.ops import AxisType, KernelInfo, Ops
+from tinygrad.renderer import Estimates
+from tinygrad.uop.ops import AxisType, KernelInfo, Ops, ProgramInfo
 
 from .beam import cpu_like
 
@@ -36,6 +37,10 @@ def _on_cpu(device):
     return isinstance(device, str) and cpu_like(device)
 
 
+def _on_opencl(device):
+    return _on_cpu(device) and device.split(":")[0].upper() == "CL"
+
+
 def _upcast(n, most=8):
     return next(u for u in (16, 8, 4, 2, 5, 3, 1) if u <= most and n % u == 0)
 
@@ -50,7 +55,8 @@ def _matmul_kernel(transpose_a, transpose_b, has_bias):
     """C (Bt, M, N) = A (Bt, M, K) @ B (Bt, K, N) [+ bias (N,)] as a tinygrad custom kernel; A is read as (Bt, K, M)
     when transpose_a, B as (Bt, N, K) when transpose_b. Each work-item computes an 8x8 tile of C (as far as M and N
     divide). On a CPU (2 cores, PoCL, tokenfree-xs step) tinygrad's own matmuls ran at 35-57 GFLOPS after BEAM
-    (width 2); these run at 85-95, the weight gradients (reductions over B*L rows) at 50-60"""
+    (width 2); these run at 85-95, the weight gradients (reductions over B*L rows) at 50-60. Used on tinygrad's CPU
+    backend; OpenCL on a CPU gets _opencl_matmul_kernel"""
     def kernel(C, A, B, *bias):
         Bt, M, N = C.shape
         K = B.shape[2] if transpose_b else B.shape[1]
@@ -68,11 +74,57 @@ def _matmul_kernel(transpose_a, transpose_b, has_bias):
     return kernel
 
 
+def _opencl_matmul_source(name, Bt, M, N, K, transpose_a, has_bias, rows, width):
+    """OpenCL C for C (Bt, M, N) = A @ B [+ bias]: each work-item a `rows` x `width` tile of C, one float`width`
+    accumulator per row; per k one vector of B's row k, times each row's A element broadcast (a fused multiply-add)"""
+    vec = f"float{width}" if width > 1 else "float"
+    load_b = f"vload{width}(0, B + b0 + k*{N})" if width > 1 else f"B[b0 + k*{N}]"
+    a_at = (lambda r: f"A[a0 + k*{M} + {r}]") if transpose_a else (lambda r: f"A[a0 + {r * K} + k]")
+    bias_arg = ", __global const float* bias" if has_bias else ""
+    lines = [f"__kernel void {name}(__global float* C, __global const float* A, __global const float* B{bias_arg}) {{",
+             f"  int j = get_global_id(0) * {width}, i = get_global_id(1) * {rows}, n = get_global_id(2);",
+             f"  int a0 = n*{M * K} + {'i' if transpose_a else f'i*{K}'}, b0 = n*{K * N} + j, c0 = n*{M * N} + i*{N} + j;",
+             *(f"  {vec} acc{r} = 0.0f;" for r in range(rows)),
+             f"  for (int k = 0; k < {K}; k++) {{",
+             f"    {vec} b = {load_b};",
+             *(f"    acc{r} = fma(({vec}){a_at(r)}, b, acc{r});" for r in range(rows)),
+             "  }"]
+    if has_bias:
+        lines.append(f"  {vec} bias_j = {f'vload{width}(0, bias + j)' if width > 1 else 'bias[j]'};")
+    for r in range(rows):
+        value = f"acc{r} + bias_j" if has_bias else f"acc{r}"
+        lines.append(f"  vstore{width}({value}, 0, C + c0 + {r * N});" if width > 1 else f"  C[c0 + {r * N}] = {value};")
+    return "\n".join(lines + ["}"])
+
+
+def _opencl_matmul_kernel(transpose_a, has_bias):
+    """The matmul as an OpenCL program (PoCL, OpenCL on a CPU): tinygrad renders loads of at most 4 floats, so PoCL
+    compiled its matmuls to 128-bit FMAs (~100 GFLOPS on 2 cores); float16 vectors give 512-bit ones (~280-330)"""
+    def kernel(C, A, B, *bias):
+        Bt, M, N = C.shape
+        K = B.shape[1]
+        rows, width = max(r for r in range(1, 17) if M % r == 0), next(w for w in (16, 8, 4, 2, 1) if N % w == 0)
+        name = f"matmul_{'nt'[transpose_a]}n_" + "_".join(map(str, (Bt, M, N, K)[Bt == 1:]))
+        source = _opencl_matmul_source(name, Bt, M, N, K, transpose_a, has_bias, rows, width)
+        buffers = tuple(x.buf_uop for x in (C, A, B, *bias))
+        moved = 4 * (Bt * (M * K + K * N + M * N) + N * len(bias))
+        sink = UOp.sink(arg=KernelInfo(name=name, estimates=Estimates(ops=2 * Bt * M * N * K, lds=moved, mem=moved)))
+        info = ProgramInfo(name=name, global_size=(N // width, M // rows, Bt), local_size=(1, 1, 1),
+                           globals=tuple(range(len(buffers))), outs=(0,), ins=tuple(range(1, len(buffers))))
+        return UOp(Ops.PROGRAM, src=(sink, UOp(Ops.LINEAR, src=buffers), UOp(Ops.SOURCE, arg=source)), arg=info)
+    return kernel
+
+
 def _matmul(a, b, bias=None, transpose_a=False, transpose_b=False):
     """a (Bt, M, K) or, with transpose_a, (Bt, K, M); b (Bt, K, N) or, with transpose_b, (Bt, N, K); bias (N,) or
     None -> (Bt, M, N). Inputs are laid out contiguous first (custom kernels index their buffers directly)"""
     shape = (a.shape[0], a.shape[2] if transpose_a else a.shape[1], b.shape[1] if transpose_b else b.shape[2])
-    kernel = _matmul_kernel(transpose_a, transpose_b, bias is not None)
+    if _on_opencl(a.device):
+        if transpose_b:                        # b laid out (Bt, K, N) first: a small copy, so B's rows load as vectors
+            b = b.transpose(1, 2).contiguous()
+        kernel = _opencl_matmul_kernel(transpose_a, bias is not None)
+    else:
+        kernel = _matmul_kernel(transpose_a, transpose_b, bias is not None)
     return Tensor.empty(*shape, device=a.device).custom_kernel(a, b, *([] if bias is None else [bias]), fxn=kernel)[0]
 
 
