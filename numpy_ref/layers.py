@@ -87,11 +87,17 @@ def token_depthwise_conv(x, w, b, hw):
     r = k // 2
     xp = np.pad(x.reshape(B, H, W, C), ((0, 0), (r, r), (r, r), (0, 0)))      # (B, H+2r, W+2r, C)
     y = np.zeros((B, H, W, C), np.result_type(x, w))
-    for i in range(k):
-        for j in range(k):
-            y += xp[:, i:i + H, j:j + W] * w[:, 0, i, j]
+    # a few samples at a time, into one scratch buffer: the sums stay in the cache (4-5x faster than whole-batch
+    # temporaries at tokenfree-xs's (64, 8, 8, 512))
+    n, taps = max(1, 65536 // (H * W * C)), np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))   # taps (k, k, C)
+    for s in range(0, B, n):
+        ys, tap = y[s:s + n], np.empty_like(y[s:s + n])
+        for i in range(k):
+            for j in range(k):
+                ys += np.multiply(xp[s:s + n, i:i + H, j:j + W], taps[i, j], out=tap)
+        ys += b
     MACS[0] += y.size * k * k
-    return (y + b).reshape(B, L, C)
+    return y.reshape(B, L, C)
 
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0):
