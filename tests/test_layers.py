@@ -126,6 +126,18 @@ def test_token_depthwise_conv_kernels_and_their_gradients(seed, b, c, k, h, w):
         assert_close(exp.numpy(), got.numpy(), what=f"token depthwise d{name}")
 
 
+@given(seed=seeds, b=st.integers(2, 7), extra=st.integers(0, 800), k=st.sampled_from([1, 3]))
+def test_numpy_token_depthwise_conv_in_chunks(seed, b, extra, k):
+    """large maps go a few samples at a time (65536 values at most, one at least; the last chunk may be shorter):
+    the same as the depthwise conv2d of the map"""
+    rng = np.random.default_rng(seed)
+    h, w, c = 8, 8, 300 + extra                                                     # 1-3 samples a chunk
+    x, wt, bb = rand(rng, b, h * w, c), rand(rng, c, 1, k, k), rand(rng, c)
+    as_map = lambda z: z.transpose(0, 2, 1).reshape(b, c, h, w)                      # (B, L, C) -> (B, C, H, W)
+    assert_close(as_map(L.token_depthwise_conv(x, wt, bb, (h, w))), L.conv2d(as_map(x), wt, bb, padding=k // 2,
+                                                                            groups=c), what="numpy token depthwise")
+
+
 @given(seed=seeds, cin=small, cout=small, k=st.integers(1, 4), stride=st.integers(1, 3), size=st.integers(2, 6))
 def test_conv_transpose2d(seed, cin, cout, k, stride, size):
     rng = np.random.default_rng(seed)
