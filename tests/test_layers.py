@@ -128,7 +128,7 @@ def test_token_depthwise_conv_kernels_and_their_gradients(seed, b, c, k, h, w):
 
 @given(seed=seeds, b=st.integers(2, 7), extra=st.integers(0, 800), k=st.sampled_from([1, 3]))
 def test_numpy_token_depthwise_conv_in_chunks(seed, b, extra, k):
-    """large maps go a few samples at a time (65536 values at most, one at least; the last chunk may be shorter):
+    """large maps go a few samples at a time (L.CHUNK values at most, one at least; the last chunk may be shorter):
     the same as the depthwise conv2d of the map"""
     rng = np.random.default_rng(seed)
     h, w, c = 8, 8, 300 + extra                                                     # 1-3 samples a chunk
