@@ -8,8 +8,7 @@ import math
 
 import numpy as np
 
-MACS = [0]   # multiply-accumulates done by linear, conv2d and attention since the last reset (tinygrad_impl.report)
-CHUNK = 65536   # values an elementwise loop works on at a time: its temporaries stay in the cache (gelu, depthwise)
+MACS = [0]   # multiply-accumulates done by linear, conv2d and attention since the last reset (models.count_macs)
 
 # ----------------------------------------------------------------------------
 # Dense and convolution
@@ -69,12 +68,9 @@ def _depthwise_conv2d(x, w, b, stride, padding):
     m = Cout // Cin
     wl = w.reshape(Cin, m, kh, kw).transpose(1, 0, 2, 3)                     # (m, Cin, kh, kw): channel g * m + o reads g
     y = np.zeros((B, Ho, Wo, m, Cin), np.result_type(x, w))                  # channels innermost: long vector loops
-    tap = np.empty_like(y)                                                   # reused: no fresh temporary per tap
     for i in range(kh):
         for j in range(kw):
-            np.multiply(xp[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride, None, :],
-                        wl[:, :, i, j], out=tap)
-            y += tap
+            y += xp[:, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride, None, :] * wl[:, :, i, j]
     y = np.ascontiguousarray(y.transpose(0, 4, 3, 1, 2).reshape(B, Cout, Ho, Wo))   # (B, Cin, m, Ho, Wo) -> (B, Cout, Ho, Wo)
     MACS[0] += y.size * kh * kw
     return y if b is None else y + b[None, :, None, None]
@@ -87,16 +83,7 @@ def token_depthwise_conv(x, w, b, hw):
     (H, W), k = hw, w.shape[-1]
     r = k // 2
     xp = np.pad(x.reshape(B, H, W, C), ((0, 0), (r, r), (r, r), (0, 0)))      # (B, H+2r, W+2r, C)
-    y = np.zeros((B, H, W, C), np.result_type(x, w))
-    # a few samples at a time, into one scratch buffer: the sums stay in the cache (4-5x faster than whole-batch
-    # temporaries at tokenfree-xs's (64, 8, 8, 512))
-    n, taps = max(1, CHUNK // (H * W * C)), np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))   # taps (k, k, C)
-    for s in range(0, B, n):
-        ys, tap = y[s:s + n], np.empty_like(y[s:s + n])
-        for i in range(k):
-            for j in range(k):
-                ys += np.multiply(xp[s:s + n, i:i + H, j:j + W], taps[i, j], out=tap)
-        ys += b
+    y = sum(xp[:, i:i + H, j:j + W] * w[:, 0, i, j] for i in range(k) for j in range(k)) + b   # (B, H, W, C)
     MACS[0] += y.size * k * k
     return y.reshape(B, L, C)
 
@@ -146,20 +133,9 @@ def group_norm(x, groups, w=None, b=None, eps=1e-5):
 
 def erf(x):
     """Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the same formula tinygrad uses; NumPy has no erf."""
-    # in place: on large maps fresh temporaries (page faults) cost more than the arithmetic
-    a = np.abs(x)
-    t = 0.3275911 * a
-    t += 1.0
-    np.reciprocal(t, out=t)
-    poly = 1.061405429 * t                                   # Horner: t * (c0 + t * (c1 + ... + t * c4))
-    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
-        poly += c
-        poly *= t
-    a *= a
-    np.negative(a, out=a)
-    poly *= np.exp(a, out=a)
-    np.subtract(1.0, poly, out=poly)
-    return np.sign(x) * poly
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
 
 
 def gelu(x, approximate="erf"):
@@ -167,17 +143,7 @@ def gelu(x, approximate="erf"):
     if approximate == "tanh":
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
     if approximate == "erf":
-        # CHUNK values at a time (3x faster on a (64, 64, 512) MLP activation)
-        out = np.empty_like(x)
-        flat, flat_out = x.reshape(-1), out.reshape(-1)
-        for s in range(0, flat.size, CHUNK):
-            xs = flat[s:s + CHUNK]
-            y = erf(xs / math.sqrt(2.0))
-            y += 1.0
-            y *= xs
-            y *= 0.5
-            flat_out[s:s + CHUNK] = y
-        return out
+        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
     raise ValueError(f"gelu: approximate must be 'erf' or 'tanh', got {approximate!r}")
 
 
@@ -223,7 +189,7 @@ def multi_head_attention(x, p, prefix, heads):
     """Self-attention with a fused qkv projection: x (B, L, D) -> (B, L, D).
     Parameters: {prefix}.qkv.weight (3D, D) [+ .bias], {prefix}.proj.weight (D, D) + .bias."""
     qkv = linear(x, p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias"))   # (B, L, 3D)
-    q, k, v = np.split(qkv, 3, axis=-1)                                        # 3 x (B, L, D)
+    q, k, v = split(qkv, 3)                                                    # 3 x (B, L, D)
     o = attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
     return linear(merge_heads(o), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
 
@@ -247,6 +213,16 @@ def timestep_embedding(t, dim, max_period=10000.0):
 def modulate(x, shift, scale):
     """adaLN: x (B, L, D), shift/scale (B, D) -> x * (1 + scale) + shift"""
     return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+
+
+def split(x, n):
+    """x (..., n*D) -> n pieces (..., D) along the last axis"""
+    return np.split(x, n, axis=-1)
+
+
+def concat(xs, axis):
+    """xs concatenated along axis"""
+    return np.concatenate(xs, axis)
 
 
 def depth_to_space(x, r):

@@ -1,13 +1,12 @@
 """AdamW over flat state: the views follow their buffer, and one update (the CPU kernels and tinygrad's own ops)
 equals AdamW with clipping, decoupled decay and an EMA written in NumPy."""
-from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from tinygrad import Tensor
 
-from tinygrad_impl import adamw
+from tinygrad_impl import adamw, fast
 
 DEVICE = "CPU"
 SHAPES = st.lists(st.one_of(st.tuples(st.integers(1, 40)), st.tuples(st.integers(1, 9), st.integers(1, 9))),
@@ -57,8 +56,8 @@ def test_views_follow_their_flat_buffer():
 @given(shapes=SHAPES, seed=st.integers(0, 2**16), weight_decay=st.sampled_from([0.0, 0.05]),
        clip=st.sampled_from([0.5, 1e3]))
 def test_one_update_is_adamw(kernels, shapes, seed, weight_decay, clip):
-    # both paths run for real; the CPU kernels' path is taken on any CPU device, so the other is selected here
-    with mock.patch.object(adamw, "_on_cpu", lambda device: kernels):
+    # both paths run for real: the fast path's two kernels, and the plain update with the switch off
+    with fast.enabled(kernels):
         check_one_update(shapes, seed, weight_decay, clip)
 
 
@@ -81,5 +80,5 @@ def check_one_update(shapes, seed, weight_decay, clip):
 def test_many_parameters_take_several_kernels():
     # U-ViT has 116 parameters; tinygrad's CPU backend passes at most 63 arguments to a kernel
     shapes = [(3, 5), (7,), (4, 4), (1,)] * 33
-    assert len(shapes) > 2 * adamw.MAX_GRADS
+    assert len(shapes) > 2 * fast.adamw.MAX_GRADS
     check_one_update(shapes, seed=1, weight_decay=0.05, clip=0.5)

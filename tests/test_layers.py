@@ -1,4 +1,5 @@
-"""Each numpy_ref layer against tinygrad's own ops (and the tinygrad_impl twin) on random shapes."""
+"""Each numpy_ref layer against tinygrad's own ops (and the tinygrad_impl twin) on random shapes, with the CPU fast
+path on and off (the plain path is what GPUs run; tests/test_fast.py compares the two kernel by kernel)."""
 import math
 
 import numpy as np
@@ -8,12 +9,11 @@ from tinygrad import Tensor, nn
 
 import numpy_ref.layers as L
 import tinygrad_impl.layers as TL
-from util import assert_close, opencl_available
+from util import assert_close
 
+pytestmark = pytest.mark.usefixtures("both_paths")
 small = st.integers(1, 3)
 seeds = st.integers(0, 2**31 - 1)
-# the CPU kernels in tinygrad's CPU backend (UOp kernels) and in OpenCL on a CPU (PoCL: OpenCL C matmuls)
-CPU_DEVICES = ["CPU"] + (["CL"] if opencl_available() and TL._on_cpu("CL") else [])
 
 
 def rand(rng, *shape):
@@ -29,59 +29,6 @@ def test_linear(seed, b, n_in, n_out, bias):
     assert_close(ref, TL.linear(Tensor(x), Tensor(w), None if bb is None else Tensor(bb)).numpy(), what="TL.linear")
 
 
-@pytest.mark.parametrize("device", CPU_DEVICES)
-@given(seed=seeds, rows=st.integers(1, 20), n_in=st.integers(1, 20), n_out=st.integers(1, 20), bias=st.booleans())
-def test_linear_cpu_matmul_kernels_and_their_gradients(device, seed, rows, n_in, n_out, bias):
-    """On a CPU TL.linear runs its own matmul kernels (fixed tiles, own backward): the same values and gradients as
-    tinygrad's x @ w.T + b, for sizes that the tiles do and do not divide"""
-    assert TL._on_cpu(device)
-    rng = np.random.default_rng(seed)
-    x, w, bb, g = rand(rng, rows, n_in), rand(rng, n_out, n_in), rand(rng, n_out), rand(rng, rows, n_out)
-    ts = [Tensor(a, device=device) for a in (x, w) + ((bb,) if bias else ())]
-    out = TL.linear(*ts[:2], ts[2] if bias else None)
-    ref = ts[0] @ ts[1].T + (ts[2] if bias else 0)
-    g = Tensor(g, device=device)
-    # gradients built before the forward is realized (on CL a realized 1x1 x.contiguous() lost its link to x: dx = 0)
-    grads = zip((out * g).sum().gradient(*ts), (ref * g).sum().gradient(*ts), "xwb")
-    assert_close(ref.numpy(), out.numpy(), what="linear forward")
-    for got, want, name in grads:
-        assert_close(want.numpy(), got.numpy(), what=f"linear d{name}")
-
-
-@pytest.mark.parametrize("device", CPU_DEVICES)
-@given(seed=seeds, b=small, heads=st.integers(1, 3), lq=st.integers(1, 17), lk=st.integers(1, 21), d=st.integers(1, 9),
-       bias=st.booleans())
-def test_attention_cpu_matmul_kernels_and_their_gradients(device, seed, b, heads, lq, lk, d, bias):
-    """TL.attention's CPU path (q k^T and p v as its own batched matmul kernels, keys padded when lk is not a multiple
-    of 8) against numpy_ref, and its gradients against tinygrad's autograd of the same formula with tinygrad's matmul"""
-    rng = np.random.default_rng(seed)
-    q, k, v, g = (rand(rng, b, heads, n, d) for n in (lq, lk, lk, lq))
-    bb = rand(rng, 1, heads, lq, lk) if bias else None
-    ts, g = [Tensor(a, device=device) for a in (q, k, v)], Tensor(g, device=device)
-    tb = None if bb is None else Tensor(bb, device=device)
-    out = TL.attention(*ts, tb)
-    ref = (ts[0] @ ts[1].transpose(-1, -2) * (1 / math.sqrt(d)) + (0 if tb is None else tb)).softmax(-1) @ ts[2]
-    # gradients built before the forward is realized: realizing it first cuts the graph at its materialized softmax
-    grads = zip((out * g).sum().gradient(*ts), (ref * g).sum().gradient(*ts), "qkv")
-    assert_close(L.attention(q, k, v, bb), out.numpy(), what="attention forward")
-    for got, want, name in grads:
-        assert_close(want.numpy(), got.numpy(), what=f"attention d{name}")
-
-
-@pytest.mark.parametrize("device", CPU_DEVICES)
-@given(seed=seeds, bt=small, m=st.integers(2, 40), n=st.integers(2, 40), k=st.integers(2, 20),
-       transpose_a=st.booleans(), transpose_b=st.booleans(), bias=st.booleans())
-def test_cpu_matmul_kernel_layouts(device, seed, bt, m, n, k, transpose_a, transpose_b, bias):
-    """TL._matmul, each layout, against NumPy, at the sizes it gets (all > 1): on CL tiles of 1-16 rows (the largest
-    that divides m) and 2-16 columns"""
-    rng = np.random.default_rng(seed)
-    a, b, bb = rand(rng, bt, *((k, m) if transpose_a else (m, k))), rand(rng, bt, *((n, k) if transpose_b else (k, n))), rand(rng, n)
-    want = (a.transpose(0, 2, 1) if transpose_a else a) @ (b.transpose(0, 2, 1) if transpose_b else b) + (bb if bias else 0)
-    got = TL._matmul(Tensor(a, device=device), Tensor(b, device=device), Tensor(bb, device=device) if bias else None,
-                     transpose_a, transpose_b)
-    assert_close(want, got.numpy(), what="matmul")
-
-
 @given(seed=seeds, b=small, cg=st.integers(1, 3), groups=st.sampled_from([1, 2]), cout_g=st.integers(1, 3),
        k=st.integers(1, 4), stride=st.integers(1, 3), padding=st.integers(0, 2), size=st.integers(4, 9))
 def test_conv2d(seed, b, cg, groups, cout_g, k, stride, padding, size):
@@ -94,8 +41,9 @@ def test_conv2d(seed, b, cg, groups, cout_g, k, stride, padding, size):
 
 
 @given(seed=seeds, b=small, c=st.integers(2, 5), k=st.sampled_from([1, 3, 5]), size=st.integers(1, 7), bias=st.booleans())
-def test_depthwise_conv2d_and_its_custom_gradient(seed, b, c, k, size, bias):
-    """TL.conv2d's depthwise 'same' path (its own backward) against numpy_ref and tinygrad's autograd of x.conv2d"""
+def test_depthwise_conv2d_and_its_gradient(seed, b, c, k, size, bias):
+    """TL.conv2d, depthwise 'same' (on a CPU the fast path, with its own backward), against numpy_ref and tinygrad's
+    autograd of x.conv2d"""
     rng = np.random.default_rng(seed)
     x, w, bb, r = rand(rng, b, c, size, size), rand(rng, c, 1, k, k), rand(rng, c) if bias else None, rand(rng, b, c, size, size)
     ts = [Tensor(a) for a in (x, w) + ((bb,) if bias else ())]
@@ -107,16 +55,15 @@ def test_depthwise_conv2d_and_its_custom_gradient(seed, b, c, k, size, bias):
 
 
 @given(seed=seeds, b=small, c=st.integers(1, 20), k=st.sampled_from([1, 3, 5]), h=st.integers(1, 6), w=st.integers(1, 9))
-def test_token_depthwise_conv_kernels_and_their_gradients(seed, b, c, k, h, w):
-    """token_depthwise_conv == the depthwise 'same' conv2d of the token map (numpy_ref against conv2d, TL's CPU kernels
-    against numpy_ref), and TL's own backward == tinygrad's autograd of x.conv2d on the map"""
+def test_token_depthwise_conv_and_its_gradient(seed, b, c, k, h, w):
+    """token_depthwise_conv == the depthwise 'same' conv2d of the token map (numpy_ref against conv2d, TL against
+    numpy_ref), and TL's gradients == tinygrad's autograd of x.conv2d on the map"""
     rng = np.random.default_rng(seed)
     x, wt, bb, g = rand(rng, b, h * w, c), rand(rng, c, 1, k, k), rand(rng, c), rand(rng, b, h * w, c)
     as_map = lambda z: z.transpose(0, 2, 1).reshape(b, c, h, w)                      # (B, L, C) -> (B, C, H, W)
     ref = L.token_depthwise_conv(x, wt, bb, (h, w))
     assert_close(as_map(ref), L.conv2d(as_map(x), wt, bb, padding=k // 2, groups=c), what="numpy token depthwise")
     ts, g = [Tensor(a, device="CPU") for a in (x, wt, bb)], Tensor(g, device="CPU")
-    assert TL._on_cpu("CPU")
     out = TL.token_depthwise_conv(*ts, (h, w))
     want = ts[0].transpose(1, 2).reshape(b, c, h, w).conv2d(ts[1], ts[2], groups=c, padding=k // 2)
     want = want.reshape(b, c, h * w).transpose(1, 2)
@@ -124,18 +71,6 @@ def test_token_depthwise_conv_kernels_and_their_gradients(seed, b, c, k, h, w):
     assert_close(ref, out.numpy(), what="TL token depthwise forward")
     for got, exp, name in grads:
         assert_close(exp.numpy(), got.numpy(), what=f"token depthwise d{name}")
-
-
-@given(seed=seeds, b=st.integers(2, 7), extra=st.integers(0, 800), k=st.sampled_from([1, 3]))
-def test_numpy_token_depthwise_conv_in_chunks(seed, b, extra, k):
-    """large maps go a few samples at a time (L.CHUNK values at most, one at least; the last chunk may be shorter):
-    the same as the depthwise conv2d of the map"""
-    rng = np.random.default_rng(seed)
-    h, w, c = 8, 8, 300 + extra                                                     # 1-3 samples a chunk
-    x, wt, bb = rand(rng, b, h * w, c), rand(rng, c, 1, k, k), rand(rng, c)
-    as_map = lambda z: z.transpose(0, 2, 1).reshape(b, c, h, w)                      # (B, L, C) -> (B, C, H, W)
-    assert_close(as_map(L.token_depthwise_conv(x, wt, bb, (h, w))), L.conv2d(as_map(x), wt, bb, padding=k // 2,
-                                                                            groups=c), what="numpy token depthwise")
 
 
 @given(seed=seeds, cin=small, cout=small, k=st.integers(1, 4), stride=st.integers(1, 3), size=st.integers(2, 6))
@@ -150,8 +85,7 @@ def test_conv_transpose2d(seed, cin, cout, k, stride, size):
 
 @given(seed=seeds, d=st.integers(2, 33), affine=st.booleans(), eps=st.sampled_from([1e-6, 1e-5]))
 def test_layer_norm(seed, d, affine, eps):
-    """numpy_ref, tinygrad's nn.LayerNorm and TL.layer_norm agree; TL's gradients (on a CPU the affine part has its
-    own backward) equal the autograd of nn.LayerNorm's"""
+    """numpy_ref, tinygrad's nn.LayerNorm and TL.layer_norm agree, and so do TL's gradients and nn.LayerNorm's"""
     rng = np.random.default_rng(seed)
     x, g = rand(rng, 2, 5, d) * 3 + 1, rand(rng, 2, 5, d)
     w, b = (rand(rng, d), rand(rng, d)) if affine else (None, None)
@@ -194,7 +128,7 @@ def test_activations_against_tinygrad_and_closed_forms():
     assert_close(L.softmax(x.reshape(3, -1)), TL.softmax(tx.reshape(3, -1)).numpy(), what="TL.softmax")
     for name in ("gelu", "silu", "sigmoid"):
         assert_close(getattr(L, name)(x), getattr(TL, name)(tx).numpy(), what=f"TL.{name}")
-    # gelu and softmax have their own backward on a CPU: the gradients of tinygrad's own formulas
+    # the gradients of tinygrad's own formulas
     tx, g = Tensor(x.reshape(3, -1), device="CPU"), Tensor(np.cos(x).reshape(3, -1), device="CPU")
     for got, want, name in ((TL.gelu(tx), tx.gelu(approximate="none"), "gelu"), (TL.softmax(tx), tx.softmax(), "softmax")):
         assert_close((want * g).sum().gradient(tx)[0].numpy(), (got * g).sum().gradient(tx)[0].numpy(), what=f"d TL.{name}")
@@ -264,7 +198,7 @@ def test_modulate_and_embedding():
     ref = L.modulate(x, shift, scale)
     np.testing.assert_allclose(ref[1, 2], x[1, 2] * (1 + scale[1]) + shift[1], rtol=1e-6)
     assert_close(ref, TL.modulate(Tensor(x), Tensor(shift), Tensor(scale)).numpy())
-    # on a CPU modulate has its own backward: the gradients of the plain formula
+    # the gradients of the formula
     ts, g = [Tensor(a, device="CPU") for a in (x, shift, scale)], Tensor(rand(rng, 2, 3, 4), device="CPU")
     want = ts[0] * (1 + ts[2].unsqueeze(1)) + ts[1].unsqueeze(1)
     grads = zip((TL.modulate(*ts) * g).sum().gradient(*ts), (want * g).sum().gradient(*ts), ("x", "shift", "scale"))

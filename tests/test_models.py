@@ -23,6 +23,7 @@ def test_every_architecture_has_a_tiny_preset():
     assert not missing, f"architectures without a -tiny preset: {missing}"
 
 
+@pytest.mark.usefixtures("both_paths")   # the fast path and the plain path
 @pytest.mark.parametrize("preset", TINY)
 @pytest.mark.parametrize("conditional", [True, False])
 def test_forward_agreement(preset, conditional):

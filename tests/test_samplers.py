@@ -257,6 +257,7 @@ def test_denoise_step_matches_numpy(seed, sampler, eta, clip, prediction):
 @pytest.mark.parametrize("sampler, eta, guidance, prediction", [("ddim", 0.0, 2.0, "eps"), ("ddim", 1.0, 1.0, "eps"),
                                                                 ("ddpm", 0.0, 3.0, "eps"), ("dpmpp2m", 0.0, 2.0, "eps"),
                                                                 ("ddim", 0.0, 2.0, "v")])
+@pytest.mark.usefixtures("both_paths")   # the fast path and the plain path
 def test_tinygrad_sampler_matches_numpy_with_the_same_seed(sampler, eta, guidance, prediction):
     cfg = PRESETS["tokenfree-tiny"]
     p = random_params(cfg, 5)

@@ -1,23 +1,13 @@
 """tinygrad's BEAM search for the CLIs' `--beam N`: time candidate versions of each kernel, keep the fastest.
 
 The search runs once per kernel and its result is cached on disk (tinygrad's cache.db), so only the first run of a
-model and batch shape pays for it. Numbers for tokenfree-xs on 2 cores: README, Speed.
+model and batch shape pays for it (what it gains: docs/speed.md).
 """
 import os
 
-from tinygrad import Device
 from tinygrad.helpers import BEAM
 
-
-def cpu_like(device=None):
-    """True for tinygrad's CPU backend and for OpenCL on a CPU (PoCL), where a work-group runs as a loop on one core."""
-    dev = (device or Device.DEFAULT).split(":")[0].upper()
-    if dev == "CPU":
-        return True
-    if dev == "CL":
-        name = getattr(Device[device or Device.DEFAULT], "device_name", "").lower()
-        return "pthread" in name or "cpu" in name
-    return False
+from .fast import cpu_like
 
 
 def use_beam(width, device=None):
@@ -30,7 +20,7 @@ def use_beam(width, device=None):
         # time at random (the two workers sharing one core), so the search kept slow versions; others ignore the variable
         os.environ.setdefault("POCL_AFFINITY", "1")
     if width and cpu_like(device):
-        # work-groups on a CPU: on PoCL candidates with large ones took ~10 s each to time, for at most 3% gained
+        # no work-groups on a CPU: PoCL candidates with large ones are slow to time and gain little
         os.environ.setdefault("BEAM_LOCAL_MAX", "1")
     os.environ["BEAM"] = str(width)
     BEAM.value = width

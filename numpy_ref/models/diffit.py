@@ -9,8 +9,8 @@ with a learned relative position bias, or over the whole map at low resolution.
 import numpy as np
 
 from ..configs import check_inputs
-from ..layers import (attention, conv2d, embedding, gelu, group_norm, layer_norm, linear, merge_heads, silu,
-                      split_heads, timestep_embedding)
+from ..layers import (attention, concat, conv2d, embedding, gelu, group_norm, layer_norm, linear, merge_heads, silu,
+                      split, split_heads, timestep_embedding)
 
 # ----------------------------------------------------------------------------
 # Parameters
@@ -155,7 +155,7 @@ def tmsa(p, prefix, x, xt, window, w_table, heads, level=0):
     wh, ww = window_size(H, window, level), window_size(W, window, level)
     qkv = linear(x, p[f"{prefix}.qkv.weight"], p[f"{prefix}.qkv.bias"])             # (B, H, W, 3C)
     qkv = qkv + linear(xt, p[f"{prefix}.qkv_t.weight"])[:, None, None, :]           # + the time token's share
-    q, k, v = (split_heads(window_partition(z, wh, ww), heads) for z in np.split(qkv, 3, axis=-1))  # (B*nW, h, N, d)
+    q, k, v = (split_heads(window_partition(z, wh, ww), heads) for z in split(qkv, 3))  # (B*nW, h, N, d)
     bias = relative_bias(p[f"{prefix}.rel_bias"], wh, ww, w_table)                 # (h, N, N)
     o = merge_heads(attention(q, k, v, bias[None]))                                # (B*nW, N, C)
     return linear(window_reverse(o, wh, ww, H, W), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
@@ -224,7 +224,7 @@ def forward(params, x, t, y=None, cfg=None):
         if level < levels - 1:   # the deepest level has no skip: its enc and dec blocks run back to back
             h = conv2d(upsample_nearest(h), p[f"up.{level}.weight"], p[f"up.{level}.bias"], padding=1)
             # concat with the encoder map of the same resolution, then a 1x1 conv back to C_l channels
-            h = conv2d(np.concatenate([h, skips.pop()], 1), p[f"skip.{level}.weight"], p[f"skip.{level}.bias"])
+            h = conv2d(concat([h, skips.pop()], 1), p[f"skip.{level}.weight"], p[f"skip.{level}.bias"])
         for j in range(cfg.num_res_blocks):
             h = res_block(p, f"dec.{level}.{j}", h, xt, level, cfg)
     h = silu(group_norm(h, cfg.groups, p["out.norm.weight"], p["out.norm.bias"]))  # (B, C0, H, W)

@@ -9,7 +9,7 @@ position where it is.
 import numpy as np
 
 from ..configs import check_inputs
-from ..layers import (conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate,
+from ..layers import (concat, conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate, split,
                       multi_head_attention, silu, timestep_embedding, token_depthwise_conv)
 
 # ----------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def mlp(p, prefix, h, hw, cfg):
 def block(p, prefix, h, c, hw, cfg):
     """One fixed-size block with adaLN-Zero: h (B, L, D), c (B, D) -> (B, L, D)"""
     mod = linear(silu(c), p[f"{prefix}.ada.weight"], p[f"{prefix}.ada.bias"])      # (B, 6D)
-    shift1, scale1, gate1, shift2, scale2, gate2 = np.split(mod, 6, axis=-1)
+    shift1, scale1, gate1, shift2, scale2, gate2 = split(mod, 6)                  # 6 x (B, D)
     h = h + gate1[:, None] * multi_head_attention(modulate(layer_norm(h), shift1, scale1), p, f"{prefix}.attn", cfg.heads)
     h = h + gate2[:, None] * mlp(p, f"{prefix}.mlp", modulate(layer_norm(h), shift2, scale2), hw, cfg)
     return h
@@ -125,12 +125,12 @@ def forward(params, x, t, y=None, cfg=None):
     for i in range(cfg.depth):
         kind = block_kind(i, cfg)
         if kind == "out":
-            h = linear(np.concatenate([h, skips.pop()], -1),
+            h = linear(concat([h, skips.pop()], -1),
                        p[f"blocks.{i}.skip_linear.weight"], p[f"blocks.{i}.skip_linear.bias"])   # (B, L, D)
         h = block(p, f"blocks.{i}", h, c, hw, cfg)
         if kind == "in":
             skips.append(h)
-    shift, scale = np.split(linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]), 2, axis=-1)
+    shift, scale = split(linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]), 2)          # 2 x (B, D)
     h = linear(modulate(layer_norm(h), shift, scale), p["final.linear.weight"], p["final.linear.bias"])  # (B, L, S*S*C)
     h = h.transpose(0, 2, 1).reshape(B, S * S * C, *hw)                            # (B, S*S*C, H/S, W/S)
     h = depth_to_space(h, S)                                                       # (B, C, H, W)

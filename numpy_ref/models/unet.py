@@ -14,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..configs import check_inputs
-from ..layers import conv2d, embedding, group_norm, linear, multi_head_attention, silu, timestep_embedding
+from ..layers import concat, conv2d, embedding, group_norm, linear, multi_head_attention, silu, timestep_embedding
 
 # ----------------------------------------------------------------------------
 # The plan: every block in forward order, shared by param_shapes and forward
@@ -220,7 +220,7 @@ def unet_forward(params, x, t, y, cfg, conv_at, attn):
     skips = [h]
     for op in layout(cfg):
         if op.pop:
-            h = np.concatenate([h, skips.pop()], axis=1)                                   # (B, cin, h, w)
+            h = concat([h, skips.pop()], 1)                                                # (B, cin, h, w)
         if op.kind == "res":
             h = res_block(p, op.prefix, h, temb, cfg, conv_at(op.level))
         elif op.kind == "attn":

@@ -16,7 +16,7 @@ last label_emb row is the null class).
 import numpy as np
 
 from ..configs import check_inputs
-from ..layers import conv2d, embedding, gelu, layer_norm, linear, multi_head_attention, silu, timestep_embedding
+from ..layers import concat, conv2d, embedding, gelu, layer_norm, linear, multi_head_attention, silu, timestep_embedding
 
 LN_EPS = 1e-5   # nn.LayerNorm's default, which the official code uses
 
@@ -138,13 +138,13 @@ def extra_tokens(p, t, y, cfg, dtype):
         ids = np.full(len(time_token), cfg.null_class) if y is None else np.asarray(y).reshape(-1)
         # the official code prepends time, then prepends the label: the order is [label, time, patches]
         tokens.insert(0, embedding(ids, p["label_emb.weight"])[:, None])
-    return np.concatenate(tokens, axis=1)
+    return concat(tokens, 1)
 
 
 def block(p, prefix, h, cfg, skip=None):
     """Pre-LN transformer block; an out block first mixes in its skip: h (B, N, D) [, skip (B, N, D)] -> (B, N, D)"""
     if skip is not None:
-        h = linear(np.concatenate([h, skip], -1), p[f"{prefix}.skip_linear.weight"], p[f"{prefix}.skip_linear.bias"])
+        h = linear(concat([h, skip], -1), p[f"{prefix}.skip_linear.weight"], p[f"{prefix}.skip_linear.bias"])
     a = layer_norm(h, p[f"{prefix}.norm1.weight"], p[f"{prefix}.norm1.bias"], LN_EPS)
     h = h + multi_head_attention(a, p, f"{prefix}.attn", cfg.heads)
     m = layer_norm(h, p[f"{prefix}.norm2.weight"], p[f"{prefix}.norm2.bias"], LN_EPS)
@@ -172,7 +172,7 @@ def forward(params, x, t, y=None, cfg=None):
     h = conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=P)   # (B, D, H/p, W/p)
     hw = h.shape[2:]
     h = h.reshape(B, cfg.width, -1).transpose(0, 2, 1)                                 # (B, L, D)
-    h = np.concatenate([extra_tokens(p, t, y, cfg, x.dtype), h], axis=1)               # (B, extras + L, D)
+    h = concat([extra_tokens(p, t, y, cfg, x.dtype), h], 1)                            # (B, extras + L, D)
     h = h + p["pos_embed"]
     half = cfg.depth // 2
     skips = []

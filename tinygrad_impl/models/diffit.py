@@ -1,13 +1,12 @@
 """DiffiT image space in tinygrad: a line-by-line port of numpy_ref/models/diffit.py."""
 import numpy as np
-from tinygrad import Tensor
 
 from numpy_ref.configs import check_inputs
 from numpy_ref.models.diffit import (level_channels, param_shapes, relative_position_index, table_window,  # noqa: F401
                                      time_dim, window_size)   # the shared parameter contract and static index math
 from numpy_ref.models import diffit as _ref
-from ..layers import (attention, conv2d, embedding, gelu, group_norm, layer_norm, linear, merge_heads, silu,
-                      split_heads, timestep_embedding)
+from ..layers import (attention, concat, conv2d, embedding, gelu, group_norm, layer_norm, linear, merge_heads, silu,
+                      split, split_heads, timestep_embedding)
 from ..weights import to_tensors
 
 # ----------------------------------------------------------------------------
@@ -54,16 +53,15 @@ def time_token(c):
 
 
 def tmsa(p, prefix, x, xt, window, w_table, heads, level=0):
-    """Time-dependent multi-head self-attention in windows: x (B, H, W, C) (normalised), xt (B, T) -> (B, H, W, C)."""
+    """Time-dependent multi-head self-attention in windows: x (B, H, W, C) (normalised), xt (B, T) -> (B, H, W, C).
+    q = x Wqs + x_t Wqt, k = x Wks + x_t Wkt, v = x Wvs + x_t Wvt; Softmax(q k^T / sqrt(d) + B) v."""
     B, H, W, C = x.shape
     wh, ww = window_size(H, window, level), window_size(W, window, level)
     qkv = linear(x, p[f"{prefix}.qkv.weight"], p[f"{prefix}.qkv.bias"])             # (B, H, W, 3C)
     qkv = qkv + linear(xt, p[f"{prefix}.qkv_t.weight"]).reshape(B, 1, 1, 3 * C)     # + the time token's share
-    # separate gradient buffers for q, k, v (as in layers.multi_head_attention)
-    q, k, v = (split_heads(window_partition(z.contiguous_backward(), wh, ww), heads)
-               for z in qkv.chunk(3, dim=-1))                                      # (B*nW, h, N, d)
+    q, k, v = (split_heads(window_partition(z, wh, ww), heads) for z in split(qkv, 3))  # (B*nW, h, N, d)
     bias = relative_bias(p[f"{prefix}.rel_bias"], wh, ww, w_table)                 # (h, N, N)
-    o = merge_heads(attention(q, k, v, bias.unsqueeze(0)))                         # (B*nW, N, C)
+    o = merge_heads(attention(q, k, v, bias[None]))                                # (B*nW, N, C)
     return linear(window_reverse(o, wh, ww, H, W), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
 
 
@@ -85,6 +83,7 @@ def res_block(p, prefix, x, xt, level, cfg):
     h = conv2d(silu(group_norm(x, cfg.groups, p[f"{prefix}.norm.weight"], p[f"{prefix}.norm.bias"])),
                p[f"{prefix}.conv.weight"], p[f"{prefix}.conv.bias"], padding=1)    # (B, C, H, W)
     h = diffit_block(p, prefix, h.permute(0, 2, 3, 1), xt, level, cfg)            # (B, H, W, C)
+    # the paper's equation as written: the outer residual adds x to the block's output, which already holds h
     return x + h.permute(0, 3, 1, 2)
 
 
@@ -104,13 +103,15 @@ def conditioning(p, t, y, cfg):
     c = linear(silu(linear(temb, p["time_embed.0.weight"], p["time_embed.0.bias"])),
                p["time_embed.2.weight"], p["time_embed.2.bias"])                    # (B, T)
     if cfg.num_classes:
+        # class conditioning: the label embedding is added to the time embedding, so x_t carries both
         ids = np.full(c.shape[0], cfg.null_class) if y is None else y
         c = c + embedding(ids, p["label_embed.weight"])
     return c
 
 
 def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+    H and W must be divisible by 2**(levels-1), and each level's map by the window where it is windowed."""
     levels = len(cfg.channel_mult)
     check_inputs(cfg, x.shape, y, multiple=2 ** (levels - 1))
     p = params
@@ -124,9 +125,10 @@ def forward(params, x, t, y=None, cfg=None):
             skips.append(h)                                                        # (B, C_l, H/2^l, W/2^l)
             h = conv2d(h, p[f"down.{level}.weight"], p[f"down.{level}.bias"], stride=2, padding=1)
     for level in reversed(range(levels)):                                          # decoder
-        if level < levels - 1:
+        if level < levels - 1:   # the deepest level has no skip: its enc and dec blocks run back to back
             h = conv2d(upsample_nearest(h), p[f"up.{level}.weight"], p[f"up.{level}.bias"], padding=1)
-            h = conv2d(h.cat(skips.pop(), dim=1), p[f"skip.{level}.weight"], p[f"skip.{level}.bias"])
+            # concat with the encoder map of the same resolution, then a 1x1 conv back to C_l channels
+            h = conv2d(concat([h, skips.pop()], 1), p[f"skip.{level}.weight"], p[f"skip.{level}.bias"])
         for j in range(cfg.num_res_blocks):
             h = res_block(p, f"dec.{level}.{j}", h, xt, level, cfg)
     h = silu(group_norm(h, cfg.groups, p["out.norm.weight"], p["out.norm.bias"]))  # (B, C0, H, W)

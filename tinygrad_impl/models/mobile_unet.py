@@ -36,7 +36,7 @@ def shared_kv_attention(h, p, prefix, heads):
 
 def transformer_block(p, prefix, x, temb, cfg, attn=shared_kv_attention):
     """h = x + Linear(SiLU(temb)); h += Attn(LN(h)); h += MLP(LN(h)): x (B, D, H, W), temb (B, E) -> (B, D, H, W)"""
-    h = to_tokens(x) + linear(silu(temb), p[f"{prefix}.temb.weight"], p[f"{prefix}.temb.bias"]).unsqueeze(1)  # (B, L, D)
+    h = to_tokens(x) + linear(silu(temb), p[f"{prefix}.temb.weight"], p[f"{prefix}.temb.bias"])[:, None]   # (B, L, D)
     h = h + attn(layer_norm(h, p[f"{prefix}.norm1.weight"], p[f"{prefix}.norm1.bias"]), p, prefix, cfg.heads)
     z = linear(layer_norm(h, p[f"{prefix}.norm2.weight"], p[f"{prefix}.norm2.bias"]), p[f"{prefix}.fc1.weight"],
                p[f"{prefix}.fc1.bias"])                                                    # (B, L, hid)
@@ -45,6 +45,7 @@ def transformer_block(p, prefix, x, temb, cfg, attn=shared_kv_attention):
 
 
 def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+    H and W must be divisible by 2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: separable_conv if is_separable(cfg, level) else conv3x3,
                         transformer_block)

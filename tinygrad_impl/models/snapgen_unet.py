@@ -33,13 +33,14 @@ def expanded_separable_conv(p, prefix, x, cfg):
 def multi_query_attention(h, p, prefix, heads):
     """`heads` query heads over one shared K/V head: h (B, L, D) -> (B, L, D)"""
     q = split_heads(linear(h, p[f"{prefix}.q.weight"]), heads)                            # (B, h, L, d)
-    k = linear(h, p[f"{prefix}.k.weight"]).unsqueeze(1)                                    # (B, 1, L, d)
-    v = linear(h, p[f"{prefix}.v.weight"]).unsqueeze(1)                                    # (B, 1, L, d)
+    k = linear(h, p[f"{prefix}.k.weight"])[:, None]                                        # (B, 1, L, d)
+    v = linear(h, p[f"{prefix}.v.weight"])[:, None]                                        # (B, 1, L, d)
     o = attention(q, k, v)                                                                 # (B, h, L, d)
     return linear(merge_heads(o), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
 
 
 def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+    H and W must be divisible by 2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: expanded_separable_conv,
                         partial(transformer_block, attn=multi_query_attention))

@@ -1,11 +1,10 @@
 """The token-free diffusion transformer in tinygrad: a line-by-line port of numpy_ref/models/tokenfree.py."""
 import numpy as np
-from tinygrad import Tensor
 
 from numpy_ref.configs import check_inputs
 from numpy_ref.models.tokenfree import block_kind, param_shapes  # noqa: F401  (the shared parameter contract)
 from numpy_ref.models import tokenfree as _ref
-from ..layers import (conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate,
+from ..layers import (concat, conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate, split,
                       multi_head_attention, silu, timestep_embedding, token_depthwise_conv)
 from ..weights import to_tensors
 
@@ -45,34 +44,33 @@ def mlp(p, prefix, h, hw, cfg):
 def block(p, prefix, h, c, hw, cfg):
     """One fixed-size block with adaLN-Zero: h (B, L, D), c (B, D) -> (B, L, D)"""
     mod = linear(silu(c), p[f"{prefix}.ada.weight"], p[f"{prefix}.ada.bias"])      # (B, 6D)
-    # a gradient buffer per chunk: as one (B, 6D) kernel each output computed all six masked reductions (2.3 ms a block)
-    shift1, scale1, gate1, shift2, scale2, gate2 = (z.contiguous_backward() for z in mod.chunk(6, dim=-1))
-    h = h + gate1.unsqueeze(1) * multi_head_attention(modulate(layer_norm(h), shift1, scale1), p, f"{prefix}.attn", cfg.heads)
-    h = h + gate2.unsqueeze(1) * mlp(p, f"{prefix}.mlp", modulate(layer_norm(h), shift2, scale2), hw, cfg)
+    shift1, scale1, gate1, shift2, scale2, gate2 = split(mod, 6)                  # 6 x (B, D)
+    h = h + gate1[:, None] * multi_head_attention(modulate(layer_norm(h), shift1, scale1), p, f"{prefix}.attn", cfg.heads)
+    h = h + gate2[:, None] * mlp(p, f"{prefix}.mlp", modulate(layer_norm(h), shift2, scale2), hw, cfg)
     return h
 
 
 def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+    Any H, W divisible by the stem stride work: nothing in the model depends on the image size."""
     check_inputs(cfg, x.shape, y)
     p, S = params, cfg.stride
     B, C, H, W = x.shape
     h = conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)           # (B, D, H/S, W/S)
     hw = h.shape[2:]
-    h = h.reshape(B, cfg.width, -1).transpose(1, 2)                                # (B, L, D)
+    h = h.reshape(B, cfg.width, -1).permute(0, 2, 1)                              # (B, L, D)
     c = conditioning(p, t, y, cfg)                                                 # (B, D)
     skips = []
     for i in range(cfg.depth):
         kind = block_kind(i, cfg)
         if kind == "out":
-            # the concat is materialized: read through its padding masks, skip_linear's weight gradient runs unvectorized
-            h = linear(h.cat(skips.pop(), dim=-1).contiguous(),
+            h = linear(concat([h, skips.pop()], -1),
                        p[f"blocks.{i}.skip_linear.weight"], p[f"blocks.{i}.skip_linear.bias"])   # (B, L, D)
         h = block(p, f"blocks.{i}", h, c, hw, cfg)
         if kind == "in":
             skips.append(h)
-    shift, scale = linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]).chunk(2, dim=-1)
+    shift, scale = split(linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]), 2)          # 2 x (B, D)
     h = linear(modulate(layer_norm(h), shift, scale), p["final.linear.weight"], p["final.linear.bias"])  # (B, L, S*S*C)
-    h = h.transpose(1, 2).reshape(B, S * S * C, *hw)                               # (B, S*S*C, H/S, W/S)
+    h = h.permute(0, 2, 1).reshape(B, S * S * C, *hw)                             # (B, S*S*C, H/S, W/S)
     h = depth_to_space(h, S)                                                       # (B, C, H, W)
     return conv2d(h, p["final_conv.weight"], p["final_conv.bias"], padding=1)

@@ -1,14 +1,13 @@
 """The U-Net baseline in tinygrad: a line-by-line port of numpy_ref/models/unet.py (and the pieces
 mobile_unet and snapgen_unet reuse). The plan of blocks (`layout`) and the shapes come from numpy_ref."""
 import numpy as np
-from tinygrad import Tensor
 
 from numpy_ref.configs import check_inputs
 # the shared contract: the plan of blocks and the parameter shapes
 from numpy_ref.models.unet import (attn_block_shapes, conv3x3_shapes, layout, param_shapes,  # noqa: F401
                                    res_block_shapes, unet_shapes)
 from numpy_ref.models import unet as _ref
-from ..layers import conv2d, embedding, group_norm, linear, multi_head_attention, silu, timestep_embedding
+from ..layers import concat, conv2d, embedding, group_norm, linear, multi_head_attention, silu, timestep_embedding
 from ..weights import to_tensors
 
 # ----------------------------------------------------------------------------
@@ -47,13 +46,13 @@ def res_block(p, prefix, x, temb, cfg, conv=conv3x3):
 def to_tokens(x):
     """(B, C, H, W) -> (B, H*W, C)"""
     B, C, H, W = x.shape
-    return x.reshape(B, C, H * W).transpose(1, 2)
+    return x.reshape(B, C, H * W).permute(0, 2, 1)
 
 
 def to_map(h, hw):
     """(B, H*W, C) -> (B, C, H, W)"""
     B, L, C = h.shape
-    return h.transpose(1, 2).reshape(B, C, *hw)
+    return h.permute(0, 2, 1).reshape(B, C, *hw)
 
 
 def attn_block(p, prefix, x, temb, cfg):
@@ -95,7 +94,7 @@ def unet_forward(params, x, t, y, cfg, conv_at, attn):
     skips = [h]
     for op in layout(cfg):
         if op.pop:
-            h = h.cat(skips.pop(), dim=1)                                                  # (B, cin, h, w)
+            h = concat([h, skips.pop()], 1)                                                # (B, cin, h, w)
         if op.kind == "res":
             h = res_block(p, op.prefix, h, temb, cfg, conv_at(op.level))
         elif op.kind == "attn":
@@ -110,5 +109,6 @@ def unet_forward(params, x, t, y, cfg, conv_at, attn):
 
 
 def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+    H and W must be divisible by 2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: conv3x3, attn_block)

@@ -5,7 +5,7 @@ from numpy_ref.configs import check_inputs
 from numpy_ref.models.uvit import (LN_EPS, check_image_size, load_official_state_dict,  # noqa: F401
                                    num_extras, param_shapes)  # (the shared parameter contract)
 from numpy_ref.models import uvit as _ref
-from ..layers import conv2d, embedding, gelu, layer_norm, linear, multi_head_attention, silu, timestep_embedding
+from ..layers import concat, conv2d, embedding, gelu, layer_norm, linear, multi_head_attention, silu, timestep_embedding
 from ..weights import to_tensors
 
 # ----------------------------------------------------------------------------
@@ -22,7 +22,8 @@ def init_params(cfg, seed=0, device=None):
 # ----------------------------------------------------------------------------
 
 def unpatchify(x, channels, patch, hw):
-    """Official einops order 'B (h w) (p1 p2 C) -> B C (h p1) (w p2)': x (B, h*w, p*p*C) -> (B, C, h*p, w*p)"""
+    """Official einops order 'B (h w) (p1 p2 C) -> B C (h p1) (w p2)' (channel fastest, unlike pixel shuffle):
+    x (B, h*w, p*p*C) -> (B, C, h*p, w*p)"""
     B = x.shape[0]
     h, w = hw
     x = x.reshape(B, h, w, patch, patch, channels).permute(0, 5, 1, 3, 2, 4)   # (B, C, h, p1, w, p2)
@@ -35,18 +36,18 @@ def extra_tokens(p, t, y, cfg):
     if cfg.mlp_time_embed:
         time_token = linear(silu(linear(time_token, p["time_embed.0.weight"], p["time_embed.0.bias"])),
                             p["time_embed.2.weight"], p["time_embed.2.bias"])       # (B, D)
-    tokens = [time_token.unsqueeze(1)]
+    tokens = [time_token[:, None]]
     if cfg.num_classes:
         ids = np.full(time_token.shape[0], cfg.null_class) if y is None else y
         # the official code prepends time, then prepends the label: the order is [label, time, patches]
-        tokens.insert(0, embedding(ids, p["label_emb.weight"]).unsqueeze(1))
-    return tokens[0].cat(*tokens[1:], dim=1)
+        tokens.insert(0, embedding(ids, p["label_emb.weight"])[:, None])
+    return concat(tokens, 1)
 
 
 def block(p, prefix, h, cfg, skip=None):
     """Pre-LN transformer block; an out block first mixes in its skip: h (B, N, D) [, skip (B, N, D)] -> (B, N, D)"""
     if skip is not None:
-        h = linear(h.cat(skip, dim=-1), p[f"{prefix}.skip_linear.weight"], p[f"{prefix}.skip_linear.bias"])
+        h = linear(concat([h, skip], -1), p[f"{prefix}.skip_linear.weight"], p[f"{prefix}.skip_linear.bias"])
     a = layer_norm(h, p[f"{prefix}.norm1.weight"], p[f"{prefix}.norm1.bias"], LN_EPS)
     h = h + multi_head_attention(a, p, f"{prefix}.attn", cfg.heads)
     m = layer_norm(h, p[f"{prefix}.norm2.weight"], p[f"{prefix}.norm2.bias"], LN_EPS)
@@ -56,15 +57,16 @@ def block(p, prefix, h, cfg, skip=None):
 
 
 def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) with H = W = cfg.img_size, t (B,), y (B,) or None -> eps (B, C, H, W)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps, y (B,) class ids
+    or None (the null class on a conditional model) -> eps (B, C, H, W)."""
     check_inputs(cfg, x.shape, y)
     check_image_size(cfg, x.shape)
     p, P = params, cfg.stride
     B, C, H, W = x.shape
     h = conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=P)   # (B, D, H/p, W/p)
     hw = h.shape[2:]
-    h = h.reshape(B, cfg.width, -1).transpose(1, 2)                                    # (B, L, D)
-    h = extra_tokens(p, t, y, cfg).cat(h, dim=1)                                       # (B, extras + L, D)
+    h = h.reshape(B, cfg.width, -1).permute(0, 2, 1)                                  # (B, L, D)
+    h = concat([extra_tokens(p, t, y, cfg), h], 1)                                     # (B, extras + L, D)
     h = h + p["pos_embed"]
     half = cfg.depth // 2
     skips = []
