@@ -174,8 +174,8 @@ _TINY = dict(img_size=8, in_channels=3, num_classes=4)
 PRESETS = {
     # --- tokenfree ---
     "tokenfree-tiny": ModelConfig("tokenfree", width=32, depth=3, heads=2, stride=2, **_TINY),
-    # 2.30M parameters; width 128, not 96: tinygrad's CPU step costs the same (1.37 vs 1.44 steps/s) and the main
-    # job's class accuracy rose from 0.525 to 0.608 (README, Train)
+    # 2.30M parameters; width 128 rather than 96: on a CPU tinygrad's step costs about the same, and the main job
+    # draws its classes better (docs/experiments.md)
     "tokenfree-xs": ModelConfig("tokenfree", width=128, depth=7, heads=4, stride=4),
     "tokenfree-s": ModelConfig("tokenfree", width=256, depth=13, heads=8, stride=2),
     # --- uvit ---
@@ -188,7 +188,7 @@ PRESETS = {
     # --- diffit ---
     "diffit-tiny": ModelConfig("diffit", channels=8, channel_mult=(1, 2), num_res_blocks=1, heads=2, window=4,
                                groups=2, mlp_ratio=2.0, **_TINY),
-    # ~2.3M parameters; 4x4 windows at 32x32 and 16x16, the whole 8x8 map at the bottom; diffit-s ~27M
+    # ~2.3M parameters; 4x4 windows at every level (32x32, 16x16, 8x8); diffit-s ~27M
     "diffit-xs": ModelConfig("diffit", channels=48, channel_mult=(1, 2, 2), num_res_blocks=2, heads=4, window=4,
                              groups=8, mlp_ratio=2.0),
     "diffit-s": ModelConfig("diffit", channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, heads=4, window=8,

@@ -71,15 +71,8 @@ def grid_labels(n, num_classes, cols=None, label=None):
 
 
 # ----------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints (numpy_ref.weights.load_for_sampling reads them)
 # ----------------------------------------------------------------------------
-
-def load_checkpoint(path, raw=False):
-    """(params, cfg, meta, which) with which = "EMA" or "raw": the EMA copy when the file has one and not raw."""
-    use_ema = not raw and weights.has_ema(path)
-    params, cfg, meta = weights.load_weights(path, ema=use_ema)
-    return params, cfg, meta, "EMA" if use_ema else "raw"
-
 
 def schedule_of(meta):
     """The noise schedule a checkpoint was trained with (linear, T=1000 when the file does not say)."""
@@ -109,7 +102,7 @@ def build_parser(prog, description):
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance weight (1 = none; "
-                   "3 draws the main job's classes best, see README Train)")
+                   "3 draws the main job's classes best, see docs/experiments.md)")
     p.add_argument("--label", default=None, help="draw only this class (id or name); default: row r shows class r")
     p.add_argument("--raw", action="store_true", help="use the raw weights even when the file has an EMA copy")
     p.add_argument("--out", default="grid.png", help="PNG grid to write")
@@ -148,7 +141,7 @@ def main(argv=None):
     args = build_parser("python -m numpy_ref.sample", "Sample a checkpoint with NumPy.").parse_args(argv)
     try:
         check_args(args)
-        params, cfg, meta, which = load_checkpoint(args.ckpt, args.raw)
+        params, cfg, meta, which = weights.load_for_sampling(args.ckpt, args.raw)
         label = resolve_label(args.label, meta)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -74,19 +74,34 @@ def read_file(path):
     return tensors, cfg, json.loads(metadata.get("meta", "{}"))
 
 
+def _part(tensors, prefix=""):
+    """{name: tensor} of one part of a file: prefix "ema/" or "opt/m/" etc.; "" is the model's own parameters."""
+    if not prefix:
+        return {k: v for k, v in tensors.items() if "/" not in k}
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def load_weights(path, ema=False):
-    """(params, cfg, meta); ema=True returns the EMA copy (ValueError if the file has none).
-    Parameters are checked against the config: a missing or mis-shaped tensor is named in the error."""
+    """(params, cfg, meta) of one named copy: the raw parameters, or with ema=True the EMA copy (ValueError if the
+    file has none). Parameters are checked against the config: a missing or mis-shaped tensor is named in the error."""
     tensors, cfg, meta = read_file(path)
-    if ema:
-        params = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
-        if not params:
-            raise ValueError(f"{path} holds no EMA weights; load it with ema=False")
-    else:
-        params = {k: v for k, v in tensors.items() if "/" not in k}
+    params = _part(tensors, "ema/" if ema else "")
+    if ema and not params:
+        raise ValueError(f"{path} holds no EMA weights; load it with ema=False")
     check_params(params, cfg, path)
     return params, cfg, meta
 
 
+def load_for_sampling(path, raw=False):
+    """(params, cfg, meta, which): the weights to sample with, which = "EMA" or "raw". The EMA copy when the file
+    has one and raw is False, else the raw parameters. Same checks and errors as load_weights."""
+    tensors, cfg, meta = read_file(path)
+    params = {} if raw else _part(tensors, "ema/")
+    which = "EMA" if params else "raw"
+    params = params or _part(tensors)
+    check_params(params, cfg, path)
+    return params, cfg, meta, which
+
+
 def has_ema(path):
-    return any(k.startswith("ema/") for k in read_file(path)[0])
+    return bool(_part(read_file(path)[0], "ema/"))

@@ -25,3 +25,13 @@ def test_report_measures_one_preset():
     assert r["fwd_launches"] < r["step_launches"] and r["step_s"] > 0
     table = report.format_table([r], 2)
     assert "| tokenfree-tiny | 0.07M |" in table and table.count("\n") == 2
+
+
+def test_count_macs_is_the_closed_form_and_counts_every_parameter():
+    from numpy_ref.models import count_macs, get_model
+    for cfg in (get_config("tokenfree-tiny"), get_config("tokenfree-tiny", pos_conv=False, skips=False, depth=2)):
+        n_params, macs = count_macs(cfg)
+        assert macs == tokenfree_macs(cfg)
+        assert n_params == sum(int(np.prod(s)) for s in get_model(cfg.arch).param_shapes(cfg).values())
+    cfg = get_config("unet-tiny")
+    assert count_macs(cfg, get_model("unet").init_params(cfg, 7)) == count_macs(cfg)   # the values do not matter

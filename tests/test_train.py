@@ -60,8 +60,8 @@ def eval_loss(params, cfg, n=128, seed=123, weighting="none"):
 @pytest.mark.skipif(not opencl_available(), reason="no OpenCL device (install pocl-opencl-icd)")
 def test_the_default_presets_training_step_runs_on_opencl():
     """tinygrad picks PoCL's CL device before the CPU backend where it is installed, so the README's main job runs
-    there. PoCL cannot link a kernel whose name passes 255 characters; the global grad norm, fused into one kernel
-    of ~100 reductions, made one and aborted the process. Two steps of tokenfree-xs; the first loss is NumPy's."""
+    there. PoCL cannot link a kernel whose name passes 255 characters, which the global grad norm fused into one
+    kernel of ~100 reductions would have, aborting the process. Two steps of tokenfree-xs; the first loss is NumPy's."""
     cfg = get_config(train.RUN_DEFAULTS["preset"], num_classes=bench.NUM_CLASSES)
     params = bench.randomize_output_layers(np_model(cfg.arch).init_params(cfg, 0), cfg)
     batches = bench.bench_batches(cfg, 2, 2)
@@ -86,7 +86,7 @@ def test_thirty_steps_lower_the_loss_and_write_everything(straight):
     init = np_model(cfg.arch).init_params(cfg, seed=0)
     assert meta["run"]["loss_weight"] == "min-snr"                                              # the CLI's default
     before, after = eval_loss(init, cfg, weighting="min-snr"), eval_loss(params, cfg, weighting="min-snr")
-    # measured: 0.149 -> 0.129 (min-snr weighted; the plain v loss 0.595 -> 0.534); a run that never updates gives a ratio of 1
+    # a run that never updates gives a ratio of 1
     assert after < 0.9 * before, f"held-out loss {before:.3f} -> {after:.3f}: training did not learn"
     log = read_log(out)
     assert [r["step"] for r in log] == list(range(1, STEPS + 1))
@@ -99,6 +99,11 @@ def test_thirty_steps_lower_the_loss_and_write_everything(straight):
         assert f"ema/{k}" in tensors and f"opt/m/{k}" in tensors and f"opt/v/{k}" in tensors
     ema, _, _ = np_weights.load_weights(out / "ckpt.safetensors", ema=True)
     k = "blocks.0.mlp.fc1.weight"
+    # load_training_state reads back every part of the state a resumed run continues from
+    state, cfg_r, meta_r = train.load_training_state(out / "ckpt.safetensors")
+    assert cfg_r == cfg and meta_r == meta and list(state["params"]) == list(np_model(cfg.arch).param_shapes(cfg))
+    for part, prefix in (("params", ""), ("ema", "ema/"), ("m", "opt/m/"), ("v", "opt/v/")):
+        np.testing.assert_array_equal(state[part][k].numpy(), tensors[prefix + k], err_msg=part)
     assert not np.array_equal(ema[k], params[k]) and not np.array_equal(ema[k], init[k])
     from PIL import Image
     with Image.open(out / f"samples_{STEPS:06d}.png") as im:
@@ -175,6 +180,11 @@ def test_one_jitted_step_is_adamw_with_clipping_and_ema():
 def test_schedules_and_batches():
     assert train.lr_at(0, 1e-3, 10) == pytest.approx(1e-4) and train.lr_at(9, 1e-3, 10) == 1e-3
     assert train.lr_at(5000, 1e-3, 10) == 1e-3
+    # the cosine variant (train_features): the same warm-up, then lr at the warm-up's end, lr/2 halfway, 0 at the end
+    assert train.lr_at(0, 1e-3, 10, cosine_steps=110) == pytest.approx(1e-4)
+    assert train.lr_at(10, 1e-3, 10, cosine_steps=110) == pytest.approx(1e-3)
+    assert train.lr_at(60, 1e-3, 10, cosine_steps=110) == pytest.approx(5e-4)
+    assert train.lr_at(110, 1e-3, 10, cosine_steps=110) == pytest.approx(0.0, abs=1e-12)
     assert train.ema_decay_at(0, 0.999) == pytest.approx(0.1) and train.ema_decay_at(10**6, 0.999) == 0.999
     ds, sched = D.load_dataset("shapes", size=8), make_schedule()
     a, b = train.batch_at(7, 1, ds, 5000, sched, 0.1, 6), train.batch_at(7, 1, ds, 5000, sched, 0.1, 6)

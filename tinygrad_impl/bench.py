@@ -4,15 +4,15 @@
     python -m tinygrad_impl.bench --presets tokenfree-xs --steps 20 --sample-steps 50 --sample-batch 64
     pip install -e '.[bench]'                                    # PyTorch (CPU build) for the comparison
 
-Training: the real step of tinygrad_impl.train (MSE on eps, AdamW, global-norm clip, EMA, one TinyJit) and
-the same ingredients in PyTorch eager, on the same weights and batches; after warm-up the two alternate step
+Training: tinygrad_impl.train's step (make_train_step: AdamW, global-norm clip, EMA, one TinyJit; here on an
+unweighted MSE against eps) and the same ingredients in PyTorch eager, on the same weights and batches; after warm-up the two alternate step
 by step, so load from other processes hits both alike, and the medians and their ratio are printed.
 Sampling: DDIM (eta 0) with NumPy, tinygrad and PyTorch, each in a fresh process (its peak RSS is that
-backend's alone) after a short warm-up run (tinygrad compiles its kernels there).
-Without PyTorch installed, tinygrad and NumPy are measured alone.
+backend's alone) after a short warm-up run (tinygrad compiles its kernels there); NumPy's time is printed as a
+ratio to PyTorch's beside its target, within NUMPY_SAMPLING_TARGET (3x) of PyTorch, with pass or FAIL.
+The PyTorch models are tinygrad_impl/torch_mirror.py. Without PyTorch installed, tinygrad and NumPy are measured alone.
 """
 import argparse
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -24,140 +24,13 @@ import numpy as np
 
 from numpy_ref.configs import PRESETS, get_config, parse_overrides
 from numpy_ref.models import get_model as np_model
-from numpy_ref.models.tokenfree import block_kind
-from numpy_ref.models.uvit import num_extras
 from numpy_ref.samplers import sample as np_sample
 from numpy_ref.schedule import make_schedule
+from .torch_mirror import TORCH_FORWARDS, have_torch, torch_forward_numpy, torch_params
 
 DEFAULT_PRESETS = ("tokenfree-xs", "uvit-xs")
 NUM_CLASSES = 10   # the benchmark's class-conditional models (CIFAR-10-like)
-
-
-def have_torch():
-    try:
-        import torch  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-# ----------------------------------------------------------------------------
-# PyTorch mirror: the same forward as numpy_ref, in torch.nn.functional (tokenfree, uvit)
-# ----------------------------------------------------------------------------
-
-def torch_timestep_embedding(t, dim, max_period=10000.0):
-    """[cos, sin] sinusoid, computed in float64 like numpy_ref: t (B,) -> (B, dim) float32"""
-    import torch
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
-    args = t.to(torch.float64).reshape(-1, 1) * freqs.reshape(1, half)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], -1).to(torch.float32)
-    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
-
-
-def torch_attention(x, p, prefix, heads):
-    """Fused-qkv self-attention with PyTorch's own SDPA kernel: x (B, L, D) -> (B, L, D)"""
-    import torch.nn.functional as F
-    B, L, D = x.shape
-    qkv = F.linear(x, p[f"{prefix}.qkv.weight"], p.get(f"{prefix}.qkv.bias"))             # (B, L, 3D)
-    q, k, v = qkv.reshape(B, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)             # 3 x (B, h, L, d)
-    o = F.scaled_dot_product_attention(q, k, v)                                          # (B, h, L, d)
-    return F.linear(o.transpose(1, 2).reshape(B, L, D), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
-
-
-def torch_tokenfree(p, x, t, y, cfg):
-    """numpy_ref.models.tokenfree.forward in PyTorch: x (B, C, H, W), t (B,), y (B,) or None -> eps"""
-    import torch
-    import torch.nn.functional as F
-    S, D, B = cfg.stride, cfg.width, x.shape[0]
-    C = x.shape[1]
-    h = F.conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)               # (B, D, H/S, W/S)
-    hw = h.shape[2:]
-    h = h.flatten(2).transpose(1, 2)                                                     # (B, L, D)
-    c = F.linear(F.silu(F.linear(torch_timestep_embedding(t, D), p["time_embed.0.weight"], p["time_embed.0.bias"])),
-                 p["time_embed.2.weight"], p["time_embed.2.bias"])                       # (B, D)
-    if cfg.num_classes:
-        ids = torch.full((B,), cfg.null_class) if y is None else y.long()
-        c = c + p["label_embed.weight"][ids]
-    skips = []
-    for i in range(cfg.depth):
-        b, kind = f"blocks.{i}", block_kind(i, cfg)
-        if kind == "out":
-            h = F.linear(torch.cat([h, skips.pop()], -1), p[f"{b}.skip_linear.weight"], p[f"{b}.skip_linear.bias"])
-        sh1, sc1, g1, sh2, sc2, g2 = F.linear(F.silu(c), p[f"{b}.ada.weight"], p[f"{b}.ada.bias"]).unsqueeze(1).chunk(6, -1)
-        h = h + g1 * torch_attention(F.layer_norm(h, (D,), eps=1e-6) * (1 + sc1) + sh1, p, f"{b}.attn", cfg.heads)
-        z = F.linear(F.layer_norm(h, (D,), eps=1e-6) * (1 + sc2) + sh2, p[f"{b}.mlp.fc1.weight"], p[f"{b}.mlp.fc1.bias"])
-        if cfg.pos_conv:
-            hid = z.shape[-1]
-            z = F.conv2d(z.transpose(1, 2).reshape(B, hid, *hw), p[f"{b}.mlp.pos_conv.weight"],
-                         p[f"{b}.mlp.pos_conv.bias"], padding=1, groups=hid).flatten(2).transpose(1, 2)
-        h = h + g2 * F.linear(F.gelu(z), p[f"{b}.mlp.fc2.weight"], p[f"{b}.mlp.fc2.bias"])
-        if kind == "in":
-            skips.append(h)
-    shift, scale = F.linear(F.silu(c), p["final.ada.weight"], p["final.ada.bias"]).unsqueeze(1).chunk(2, -1)
-    h = F.linear(F.layer_norm(h, (D,), eps=1e-6) * (1 + scale) + shift, p["final.linear.weight"], p["final.linear.bias"])
-    h = F.pixel_shuffle(h.transpose(1, 2).reshape(B, S * S * C, *hw), S)                 # (B, C, H, W)
-    return F.conv2d(h, p["final_conv.weight"], p["final_conv.bias"], padding=1)
-
-
-def torch_uvit(p, x, t, y, cfg):
-    """numpy_ref.models.uvit.forward in PyTorch (the official U-ViT's computation)"""
-    import torch
-    import torch.nn.functional as F
-    P, D, (B, C) = cfg.stride, cfg.width, x.shape[:2]
-    ln = lambda h, name: F.layer_norm(h, (D,), p[f"{name}.weight"], p[f"{name}.bias"], 1e-5)
-    h = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=P)  # (B, D, H/p, W/p)
-    hw = h.shape[2:]
-    time_token = torch_timestep_embedding(t, D)
-    if cfg.mlp_time_embed:
-        time_token = F.linear(F.silu(F.linear(time_token, p["time_embed.0.weight"], p["time_embed.0.bias"])),
-                              p["time_embed.2.weight"], p["time_embed.2.bias"])
-    tokens = [time_token[:, None]]
-    if cfg.num_classes:
-        ids = torch.full((B,), cfg.null_class) if y is None else y.long()
-        tokens.insert(0, p["label_emb.weight"][ids][:, None])
-    h = torch.cat(tokens + [h.flatten(2).transpose(1, 2)], 1) + p["pos_embed"]           # (B, extras + L, D)
-
-    def block(name, h, skip=None):
-        if skip is not None:
-            h = F.linear(torch.cat([h, skip], -1), p[f"{name}.skip_linear.weight"], p[f"{name}.skip_linear.bias"])
-        h = h + torch_attention(ln(h, f"{name}.norm1"), p, f"{name}.attn", cfg.heads)
-        m = F.gelu(F.linear(ln(h, f"{name}.norm2"), p[f"{name}.mlp.fc1.weight"], p[f"{name}.mlp.fc1.bias"]))
-        return h + F.linear(m, p[f"{name}.mlp.fc2.weight"], p[f"{name}.mlp.fc2.bias"])
-
-    half, skips = cfg.depth // 2, []
-    for i in range(half):
-        h = block(f"in_blocks.{i}", h)
-        skips.append(h)
-    h = block("mid_block", h)
-    for i in range(half):
-        skip = skips.pop()
-        h = block(f"out_blocks.{i}", h, skip if cfg.skips else None)
-    h = F.linear(ln(h, "norm"), p["decoder_pred.weight"], p["decoder_pred.bias"])[:, num_extras(cfg):]
-    (gh, gw) = hw
-    h = h.reshape(B, gh, gw, P, P, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, gh * P, gw * P)   # unpatchify
-    if cfg.final_conv:
-        h = F.conv2d(h, p["final_layer.weight"], p["final_layer.bias"], padding=1)
-    return h
-
-
-TORCH_FORWARDS = {"tokenfree": torch_tokenfree, "uvit": torch_uvit}
-
-
-def torch_params(params, requires_grad=False, device="cpu"):
-    """numpy params -> torch float32 tensors (copies, so training one side leaves the other alone)"""
-    import torch
-    return {k: torch.tensor(np.asarray(v, np.float32), requires_grad=requires_grad, device=device) for k, v in params.items()}
-
-
-def torch_forward_numpy(params, x, t, y, cfg):
-    """The PyTorch mirror on NumPy in and out (for tests and sampling)."""
-    import torch
-    with torch.inference_mode():
-        out = TORCH_FORWARDS[cfg.arch](params, torch.from_numpy(np.ascontiguousarray(x, np.float32)),
-                                       torch.from_numpy(np.asarray(t, np.float32).reshape(-1)),
-                                       None if y is None else torch.from_numpy(np.asarray(y, np.int64)), cfg)
-    return out.numpy()
+NUMPY_SAMPLING_TARGET = 3.0   # NumPy sampling should take at most this many times PyTorch's time
 
 
 # ----------------------------------------------------------------------------
@@ -177,19 +50,16 @@ def bench_batches(cfg, batch, n, seed=0):
 def tinygrad_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device=None):
     """step(batch) -> loss: one step of tinygrad_impl.train (jitted AdamW, clip, EMA), state updated in place."""
     from tinygrad import Context, Tensor
-    from .adamw import BETAS, new_state
-    from .train import ema_decay_at, make_train_step
+    from .adamw import new_state
+    from .train import make_train_step, step_scalars
     state = new_state(params, np_model(cfg.arch).param_shapes(cfg), device)
     step_fn, k = make_train_step(state, cfg, 0.0, clip), [0]
 
     def step(b):
         xt, t, noise, y = b
-        i = k[0]
         with Context(TRAINING=1):
             loss, _ = step_fn(Tensor(xt, device=device), Tensor(t, device=device), Tensor(noise, device=device),
-                              None if y is None else Tensor(y, device=device), Tensor([lr], device=device),
-                              Tensor([ema_decay_at(i, ema_decay)], device=device),
-                              Tensor([1 - BETAS[0] ** (i + 1)], device=device), Tensor([1 - BETAS[1] ** (i + 1)], device=device))
+                              None if y is None else Tensor(y, device=device), *step_scalars(k[0], lr, ema_decay, device))
         k[0] += 1
         return float(loss.item())
     return step
@@ -339,10 +209,10 @@ MATMUL_SHAPES = ((2048, 128, 512, False), (2048, 512, 128, False), (512, 2048, 1
 
 
 def time_matmuls(shapes=MATMUL_SHAPES, device=None, use_torch=True, reps=20, per_call=10):
-    """{(M, K, N, transpose_a): {backend: GFLOPS}}: the matmul of layers.linear on a CPU (_matmul) and PyTorch's,
+    """{(M, K, N, transpose_a): {backend: GFLOPS}}: the matmul of layers.linear on a CPU (fast.matmul) and PyTorch's,
     alternately, best of `reps`; tinygrad runs `per_call` matmuls in one TinyJit (launches cost little)"""
     from tinygrad import Device, Tensor, TinyJit
-    from .layers import _matmul
+    from .fast import matmul
     dev = device or Device.DEFAULT
     out = {}
     for M, K, N, ta in shapes:
@@ -350,8 +220,8 @@ def time_matmuls(shapes=MATMUL_SHAPES, device=None, use_torch=True, reps=20, per
         a_np = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
         b_np = rng.standard_normal((K, N)).astype(np.float32)
         a, b = Tensor(a_np[None], device=dev).realize(), Tensor(b_np[None], device=dev).realize()
-        jit = TinyJit(lambda: Tensor.realize(*[_matmul(a, b, transpose_a=ta) for _ in range(per_call)])[0])
-        got = _matmul(a, b, transpose_a=ta).numpy()[0]
+        jit = TinyJit(lambda: Tensor.realize(*[matmul(a, b, transpose_a=ta) for _ in range(per_call)])[0])
+        got = matmul(a, b, transpose_a=ta).numpy()[0]
         want = (a_np.T if ta else a_np) @ b_np
         if not np.allclose(got, want, rtol=1e-3, atol=1e-3):
             raise RuntimeError(f"tinygrad's matmul {M}x{K}x{N} differs from NumPy's by {np.abs(got - want).max():.2e}")
@@ -428,11 +298,19 @@ def run_benchmark(presets=DEFAULT_PRESETS, batch=32, warmup=3, steps=10, sample_
                 print_fn(f"    {b:<9} {r['samples_per_s']:>10.2f} {r['seconds']:>8.2f} {r['peak_mib']:>13.0f} "
                          f"{r['max_diff_vs_numpy']:>15.2e}")
             if "torch" in smp:
-                print_fn(f"    NumPy / PyTorch time: {smp['numpy']['seconds'] / smp['torch']['seconds']:.2f}x, "
-                         f"tinygrad / PyTorch: {smp['tinygrad']['seconds'] / smp['torch']['seconds']:.2f}x")
+                print_fn("    " + sampling_ratios(smp))
             res["sample"] = smp
         results[name] = res
     return results
+
+
+def sampling_ratios(smp):
+    """One line: the NumPy / PyTorch and tinygrad / PyTorch sampling time ratios, with NumPy's target
+    (NUMPY_SAMPLING_TARGET) and whether this run meets it. smp: time_sampling's results with "torch" in them."""
+    numpy_ratio = smp["numpy"]["seconds"] / smp["torch"]["seconds"]
+    verdict = "pass" if numpy_ratio <= NUMPY_SAMPLING_TARGET else "FAIL"
+    return (f"NumPy / PyTorch time: {numpy_ratio:.2f}x (target: within {NUMPY_SAMPLING_TARGET:g}x of PyTorch: "
+            f"{verdict}), tinygrad / PyTorch: {smp['tinygrad']['seconds'] / smp['torch']['seconds']:.2f}x")
 
 
 def set_threads(n):

@@ -19,9 +19,8 @@ import os
 import platform
 import sys
 
-import numpy as np
-
 from numpy_ref.configs import get_config, parse_overrides
+from numpy_ref.models import count_macs
 
 # entry -> (preset, --set overrides): about 1.5M parameters at 32x32x1 (MNIST, Fashion-MNIST: 28x28 padded), 10 classes.
 # Token size 2x2 for both transformers (stride / patch 2): each sees a 16x16 grid.
@@ -38,16 +37,9 @@ MATCHED = {
 
 def size_of(arch, shape, num_classes):
     """(parameters, MACs per image of one forward) of MATCHED[arch] on images `shape` = (C, H, W)."""
-    import numpy_ref.layers as L
-    from numpy_ref.models import get_model
     preset, sets = MATCHED[arch]
     C, H, _ = shape
-    cfg = get_config(preset, img_size=H, in_channels=C, num_classes=num_classes, **parse_overrides(sets))
-    model = get_model(cfg.arch)
-    params = model.init_params(cfg, 0)
-    L.MACS[0] = 0
-    model.forward(params, np.zeros((1, C, H, H), np.float32), np.array([500]), np.zeros(1, np.int64) if num_classes else None, cfg)
-    return int(sum(v.size for v in params.values())), int(L.MACS[0])
+    return count_macs(get_config(preset, img_size=H, in_channels=C, num_classes=num_classes, **parse_overrides(sets)))
 
 
 def read_json(path):

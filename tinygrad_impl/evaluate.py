@@ -22,18 +22,11 @@ from numpy_ref import features as F
 from numpy_ref import metrics
 from numpy_ref import weights
 from numpy_ref.samplers import SAMPLERS
-from numpy_ref.schedule import make_schedule
+from numpy_ref.sample import schedule_of
 
 # ----------------------------------------------------------------------------
 # What is compared
 # ----------------------------------------------------------------------------
-
-def load_model(path, raw=False):
-    """(params (NumPy), cfg, meta, "EMA" or "raw"): the EMA copy unless raw or the file has none."""
-    use_ema = not raw and weights.has_ema(path)
-    params, cfg, meta = weights.load_weights(path, ema=use_ema)
-    return params, cfg, meta, "EMA" if use_ema else "raw"
-
 
 def real_sets(data, cfg, root="data", ref_n=10000, n=10000, seed=0):
     """(reference train images, test images, test labels): ref_n random train images and n random test images
@@ -97,7 +90,7 @@ def evaluate(args):
     """Sample, embed and compare as set by the parsed CLI args. Returns a JSON-able dict (info, rows)."""
     from tqdm import tqdm
     check_args(args)
-    params, cfg, meta, which = load_model(args.ckpt, args.raw)
+    params, cfg, meta, which = weights.load_for_sampling(args.ckpt, args.raw)
     data = meta.get("data")
     if not data:
         raise ValueError(f"{args.ckpt} does not say which dataset it was trained on (meta 'data'): it cannot be "
@@ -112,7 +105,7 @@ def evaluate(args):
         raise ValueError(f"{feat_path} was trained on {fmeta['dataset']}, the checkpoint on {data}: features of one "
                          f"dataset say little about another; train one with --data {data}")
     F.check_images(fcfg, (1, cfg.in_channels, cfg.img_size, cfg.img_size), "the model's images")
-    sched = make_schedule(meta.get("schedule", "linear"), int(meta.get("T", 1000)))
+    sched = schedule_of(meta)
     backend = "numpy" if args.numpy else "tinygrad"
     if not args.numpy:
         from tinygrad import Device

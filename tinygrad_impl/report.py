@@ -7,6 +7,8 @@ Each preset is measured in a fresh subprocess with tinygrad's kernel disk cache 
 counts and compile times are those of a first run. "distinct kernels" is the number of different
 programs tinygrad compiled; "launches" is how many kernels one call ran. A model built from one
 reused fixed-size block compiles few distinct kernels for many launches (the seed paper's claim).
+The training step measured is the one tinygrad_impl.train runs: its make_train_step (the project's loss with the
+run defaults' prediction and loss weighting, AdamW of tinygrad_impl.adamw, gradient clipping, EMA; one TinyJit).
 """
 import argparse
 import json
@@ -20,32 +22,43 @@ import numpy as np
 
 
 def measure(preset, img_size, channels, num_classes, batch):
-    """Measure one preset in this process; returns a dict of numbers."""
-    from tinygrad import Context, GlobalCounters, Tensor, TinyJit, nn
+    """Measure one preset in this process; returns a dict of numbers. The training step is train.py's own
+    (make_train_step: the run defaults' prediction and loss weighting, AdamW of adamw.py, clip, EMA, one TinyJit)."""
+    from tinygrad import Context, GlobalCounters, Tensor
     from tinygrad.uop.ops import Ops
     from tinygrad.engine import realize
 
-    import numpy_ref.layers as L
     from numpy_ref.configs import get_config
-    from numpy_ref.models import get_model as np_model
-    from tinygrad_impl.models import get_model as tg_model
+    from numpy_ref.models import count_macs
+    from numpy_ref.schedule import loss_weight, make_schedule
+    from tinygrad_impl.models import get_model
+    from tinygrad_impl.train import RUN_DEFAULTS, init_state, lr_at, make_train_step, step_scalars
 
-    cfg = get_config(preset, img_size=img_size, in_channels=channels, num_classes=num_classes)
-    ref, model = np_model(cfg.arch), tg_model(cfg.arch)
-    params_np = ref.init_params(cfg, 0)
-    n_params = int(sum(v.size for v in params_np.values()))
+    run = RUN_DEFAULTS
+    cfg = get_config(preset, img_size=img_size, in_channels=channels, num_classes=num_classes,
+                     prediction=run["prediction"])
+    model = get_model(cfg.arch)
+    n_params, macs = count_macs(cfg)
+    state = init_state(cfg, 0)
+    p = state["params"]
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (1, channels, img_size, img_size)).astype(np.float32)
-    y = np.zeros(1, np.int64) if num_classes else None
-    L.MACS[0] = 0
-    ref.forward(params_np, x, np.array([500]), y, cfg)
-    macs = L.MACS[0]
-
-    p = model.init_params(cfg, 0)
+    t = rng.integers(0, run["T"], batch)
     xb = Tensor(rng.uniform(-1, 1, (batch, channels, img_size, img_size)).astype(np.float32))
-    tb = Tensor(rng.integers(0, 1000, batch).astype(np.float32))
+    tb = Tensor(t.astype(np.float32))
     yb = Tensor(rng.integers(0, num_classes, batch).astype(np.int32)) if num_classes else None
-    noise = Tensor(rng.standard_normal((batch, channels, img_size, img_size)).astype(np.float32))
+    target = Tensor(rng.standard_normal((batch, channels, img_size, img_size)).astype(np.float32))
+    weight = None if run["loss_weight"] == "none" else Tensor(
+        loss_weight(t, make_schedule(run["schedule"], run["T"]), cfg.prediction, run["loss_weight"]))
+    train_step = make_train_step(state, cfg, run["weight_decay"], run["clip"])
+    calls = [0]
+
+    def step():
+        """One call of the jitted training step, with the scalars train.py passes at that step."""
+        i, calls[0] = calls[0], calls[0] + 1
+        with Context(TRAINING=1):
+            loss, _ = train_step(xb, tb, target, yb, *step_scalars(i, lr_at(i, run["lr"], run["warmup"]),
+                                                                      run["ema_decay"]), weight)
+        return loss.item()
 
     def counted(fn):
         """(distinct programs, launches, seconds) of one call; distinct counts programs run, compiled now or earlier."""
@@ -64,20 +77,9 @@ def measure(preset, img_size, channels, num_classes, batch):
     fwd_kernels, fwd_launches, fwd_compile = counted(lambda: model.forward(p, xb, tb, yb, cfg).realize())
     fwd_time = counted(lambda: model.forward(p, xb, tb, yb, cfg).realize())[2]
 
-    opt = nn.optim.AdamW(list(p.values()), lr=1e-4)
-
-    @TinyJit
-    def train_step(x, t, y, n):
-        with Context(TRAINING=1):
-            opt.zero_grad()
-            loss = ((model.forward(p, x, t, y, cfg) - n) ** 2).mean()
-            loss.backward()
-            opt.step()
-            return loss.realize()
-
-    step_kernels, step_launches, step_compile = counted(lambda: train_step(xb, tb, yb, noise).item())
-    counted(lambda: train_step(xb, tb, yb, noise).item())                 # the JIT captures on its second call
-    step_time = min(counted(lambda: train_step(xb, tb, yb, noise).item())[2] for _ in range(2))
+    step_kernels, step_launches, step_compile = counted(step)
+    counted(step)                                                         # the JIT captures on its second call
+    step_time = min(counted(step)[2] for _ in range(2))
     return dict(preset=preset, arch=cfg.arch, params=n_params, macs=macs,
                 fwd_kernels=fwd_kernels, fwd_launches=fwd_launches, fwd_compile_s=fwd_compile, fwd_s=fwd_time,
                 step_kernels=step_kernels, step_launches=step_launches, step_compile_s=step_compile, step_s=step_time,
@@ -87,7 +89,8 @@ def measure(preset, img_size, channels, num_classes, batch):
 
 def format_table(rows, batch):
     head = ["preset", "params", "MACs/img", "fwd kernels (distinct/launched)", "fwd compile s",
-            "train-step kernels (distinct/launched)", "step compile s", f"step s (B={batch})", "tinygrad MB", "peak RSS MB"]
+            "train.py step kernels (distinct/launched)", "train.py step compile s", f"train.py step s (B={batch})",
+            "tinygrad MB", "peak RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
@@ -105,7 +108,7 @@ def main(argv=None):
     ap.add_argument("--img-size", type=int, default=32)
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--num-classes", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=8, help="batch of the forward and training step (default 8)")
+    ap.add_argument("--batch", type=int, default=8, help="batch of the forward and of train.py's training step (default 8)")
     ap.add_argument("--device", default=None, help="tinygrad device (CPU, CL, CUDA, METAL); default: DEV or CPU")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)   # internal: measure one preset, print JSON
     args = ap.parse_args(argv)
@@ -127,7 +130,8 @@ def main(argv=None):
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{args.img_size}x{args.img_size}x{args.channels}, {args.num_classes} classes, batch {args.batch}, "
-          f"device {env['DEV']}, {os.cpu_count()} cores; MACs counted by numpy_ref (linear, conv, attention) per image")
+          f"device {env['DEV']}, {os.cpu_count()} cores; MACs counted by numpy_ref (linear, conv, attention) per image; "
+          "train.py step: one jitted training step of tinygrad_impl.train with its run defaults")
     print(format_table(rows, args.batch))
     if len(rows) < len(args.presets):
         sys.exit(1)

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 from tinygrad import Device
 
-from numpy_ref.sample import (build_parser, check_args, describe, grid_cols, grid_labels, load_checkpoint,
-                              resolve_label, save_grid, schedule_of)
+from numpy_ref.sample import (build_parser, check_args, describe, grid_cols, grid_labels, resolve_label, save_grid,
+                              schedule_of)
 from .beam import use_beam
 from .models import get_model
 from .samplers import sample as run_sampler
-from .weights import to_tensors
+from .weights import load_for_sampling
 
 
 def sample_images(params, cfg, sched, n, sampler="ddim", steps=50, eta=0.0, seed=0, guidance=1.0, label=None,
@@ -37,12 +37,12 @@ def main(argv=None):
         check_args(args)
         if args.beam is not None:
             use_beam(args.beam, args.device)
-        params, cfg, meta, which = load_checkpoint(args.ckpt, args.raw)
+        params, cfg, meta, which = load_for_sampling(args.ckpt, args.raw, args.device)
         label = resolve_label(args.label, meta)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(describe(args, cfg, meta, which) + f"; device {args.device or Device.DEFAULT}")
-    images = sample_images(to_tensors(params, args.device), cfg, schedule_of(meta), args.n, args.sampler, args.steps,
+    images = sample_images(params, cfg, schedule_of(meta), args.n, args.sampler, args.steps,
                            args.eta, args.seed, args.guidance, label,
                            progress=lambda plan: tqdm(plan, desc="sampling (tinygrad)"), device=args.device)
     save_grid(images, args.out, upscale=args.upscale)

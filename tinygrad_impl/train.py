@@ -31,32 +31,40 @@ from .beam import use_beam
 from .models import get_model
 from .sample import sample_images
 
-# run settings: a resumed run takes these from the checkpoint (an explicit, different flag is an error)
-# v-prediction and lr 1e-3 (DESIGN 4b says eps and 2e-4..3e-4): measured on the default run, 2000 steps with eps at
-# 3e-4 or 1e-3 gave striped colour noise (eps at t > 600 is never precise enough, x0 = (x - s1 eps) / s0 blows it up)
+# run settings: a resumed run takes these from the checkpoint (an explicit, different flag is an error).
+# v-prediction and lr 1e-3 rather than DESIGN 4b's eps and 2e-4..3e-4: on the default run, eps gave striped colour
+# noise (eps at high t is never precise enough, and x0 = (x - s1 eps) / s0 magnifies its error); min-snr weighting
+# and guidance 3 drew the classes best there (docs/experiments.md)
 RUN_DEFAULTS = dict(preset="tokenfree-xs", set=[], prediction="v", data="shapes", size=None, batch=32, lr=1e-3, warmup=100,
                     weight_decay=0.0, clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000,
                     loss_weight="min-snr")
-# min-snr (measured on the default run, 2000 steps, evaluate --n 240 --guidance 2): class accuracy 0.608 -> 0.750,
-# FD 5.9 -> 4.1 against the plain mean; a cosine schedule (0.642, 5.7) or 4000 steps of 16 (0.558, 5.3) did less
-# what a checkpoint written before a run setting existed was trained with
+# the value of a run setting for a checkpoint whose run settings do not name it
 LEGACY_RUN = dict(loss_weight="none")
 # settings that may change between sessions of one run
-# guidance 3 (was 2) on that run: class accuracy 0.750 -> 0.829, FD 4.1 -> 3.6
 SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=3.0)
 
 # ----------------------------------------------------------------------------
 # Schedules of the optimiser
 # ----------------------------------------------------------------------------
 
-def lr_at(step, lr, warmup):
-    """Linear warm-up to lr over `warmup` steps, then constant (so --steps can grow on --resume)."""
-    return lr * min(1.0, (step + 1) / max(1, warmup))
+def lr_at(step, lr, warmup, cosine_steps=None):
+    """Linear warm-up to lr over `warmup` steps, then constant (so --steps can grow on --resume); with cosine_steps,
+    a cosine decay from lr to 0 at step cosine_steps instead (a fixed budget: train_features)."""
+    if cosine_steps is None or step < warmup:
+        return lr * min(1.0, (step + 1) / max(1, warmup))
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, cosine_steps - warmup)))
 
 
 def ema_decay_at(step, decay):
     """EMA warm-up (DESIGN.md 4b): early steps forget the random initial weights fast."""
     return min(decay, (1 + step) / (10 + step))
+
+
+def step_scalars(step, lr, ema_decay, device=None):
+    """(lr, EMA decay, bc1, bc2) of training step `step` as (1,) Tensors: the scalars make_train_step's step takes.
+    lr is this step's learning rate (lr_at); bc1, bc2 are Adam's bias corrections 1 - beta^(step + 1)."""
+    values = (lr, ema_decay_at(step, ema_decay), 1 - BETAS[0] ** (step + 1), 1 - BETAS[1] ** (step + 1))
+    return tuple(Tensor([v], device=device) for v in values)
 
 
 # ----------------------------------------------------------------------------
@@ -78,8 +86,10 @@ def save_checkpoint(path, state, cfg, meta):
     return weights.save_weights(path, state["params"], cfg, meta, ema=state["ema"], extra=state_tensors(state))
 
 
-def load_checkpoint(path, device=None):
-    """(state, cfg, meta) of a training checkpoint; ValueError naming what is missing for anything else."""
+def load_training_state(path, device=None):
+    """(state, cfg, meta) to resume a run from: params, EMA copy and AdamW moments packed as make_train_step wants
+    them (pack_state), the config, and the metadata (step, data, seed, batch, run settings).
+    ValueError naming what is missing for a file that is no training checkpoint."""
     from numpy_ref.weights import check_params, read_file
     tensors, cfg, meta = read_file(path)
     params = {k: v for k, v in tensors.items() if "/" not in k}
@@ -188,7 +198,7 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.safetensors")
     p.add_argument("--device", default=None, help="tinygrad device, e.g. CPU, CL, CUDA, METAL (default: DEV or tinygrad's pick)")
     p.add_argument("--beam", type=int, default=None, help="BEAM-search the kernels with this width (default: the BEAM "
-                   "environment variable, else none); cached on disk, so only the first run pays (README, Speed)")
+                   "environment variable, else none); cached on disk, so only the first run pays (docs/speed.md)")
     return p
 
 
@@ -253,7 +263,7 @@ def train(args, callback=None):
     sched = make_schedule(args.schedule, args.T)
     run = {k: getattr(args, k) for k in RUN_DEFAULTS}
     if resume_from:
-        state, cfg, meta = load_checkpoint(resume_from, device)
+        state, cfg, meta = load_training_state(resume_from, device)
         start = int(meta["step"])
         if (cfg.img_size, cfg.in_channels, cfg.num_classes) != (H, C, ds.num_classes):
             raise ValueError(f"{resume_from} was trained on {cfg.img_size}x{cfg.img_size}x{cfg.in_channels} images with "
@@ -292,9 +302,7 @@ def train(args, callback=None):
                     loss, gnorm = step_fn(Tensor(xt, device=device), Tensor(t.astype(np.float32), device=device),
                                           Tensor(target, device=device),
                                           None if y is None else Tensor(y.astype(np.int32), device=device),
-                                          Tensor([lr], device=device), Tensor([ema_decay_at(step, args.ema_decay)], device=device),
-                                          Tensor([1 - BETAS[0] ** (step + 1)], device=device),
-                                          Tensor([1 - BETAS[1] ** (step + 1)], device=device), w)
+                                          *step_scalars(step, lr, args.ema_decay, device), w)
                 loss, gnorm = float(loss.item()), float(gnorm.item())
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower --lr or check the data")

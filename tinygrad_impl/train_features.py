@@ -3,7 +3,8 @@
     python -m tinygrad_impl.train_features --data fashion-mnist          # -> data/features/fashion-mnist.safetensors
     python -m tinygrad_impl.train_features --data shapes --size 16 --steps 500
 
-AdamW with linear warm-up and cosine decay, random shifts (2 pixels at 32x32), one TinyJit step. The test
+AdamW (tinygrad_impl.adamw, without clipping or EMA) with linear warm-up and cosine decay (train.lr_at), random
+shifts (2 pixels at 32x32), one TinyJit step. The test
 accuracy (on the test split) is printed and stored in the file's metadata; tinygrad_impl.evaluate reads
 the file with NumPy. Every batch of step k comes from np.random.default_rng([seed, k]).
 """
@@ -17,20 +18,14 @@ from tinygrad import Context, Device, Tensor, TinyJit
 
 from numpy_ref.data import DATASETS, load_dataset
 from . import features as F
-from .adamw import ADAM_EPS, BETAS
+from .adamw import BETAS, adamw_update, new_state
+from .train import lr_at
 
 DEFAULTS = dict(steps=2000, batch=128, lr=5e-3, warmup=100, weight_decay=5e-4, width=16, seed=0)
 
 # ----------------------------------------------------------------------------
 # Batches and the optimiser
 # ----------------------------------------------------------------------------
-
-def lr_at(step, lr, warmup, steps):
-    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
 
 def random_shift(x, rng, shift=2):
     """Translate each image (B, C, H, W) by up to `shift` pixels in x and y, repeating the edge pixels."""
@@ -49,32 +44,24 @@ def batch_at(step, seed, ds, batch, shift):
     return random_shift(ds.images[idx], rng, shift), ds.labels[idx]
 
 
-def make_train_step(params, weight_decay=0.0):
-    """step(x, y, lr, bc1, bc2) -> (loss, accuracy): one AdamW update of params in place (a TinyJit).
-    lr and the Adam bias corrections come in as (1,) Tensors so one JIT serves every step."""
-    names = list(params)
-    ps = [params[k] for k in names]
-    m = [Tensor.zeros(*p.shape, device=p.device).contiguous().realize() for p in ps]
-    v = [Tensor.zeros(*p.shape, device=p.device).contiguous().realize() for p in ps]
-    b1, b2 = BETAS
+def make_train_step(params, shapes, weight_decay=0.0, device=None):
+    """(state, step): the training state of adamw.py (params, m, v in flat buffers; state["params"] the network's
+    weights) and step(x, y, lr, decay, bc1, bc2) -> (loss, accuracy), one AdamW update of it in place (a TinyJit).
+    lr, the EMA decay and the Adam bias corrections come in as (1,) Tensors so one JIT serves every step; pass decay
+    1 (the classifier keeps no EMA). No gradient clipping (clip = inf)."""
+    state = new_state(params, shapes, device)
+    ps = [state["params"][k] for k in shapes]
 
     @TinyJit
-    def step(x, y, lr, bc1, bc2):
-        _, logits = F.forward(params, x)                                         # (B, K)
+    def step(x, y, lr, decay, bc1, bc2):
+        _, logits = F.forward(state["params"], x)                                # (B, K)
         loss = logits.sparse_categorical_crossentropy(y)
         acc = (logits.argmax(-1) == y).float().mean()
-        grads = loss.gradient(*ps)
-        for p, g, mi, vi in zip(ps, grads, m, v):
-            mi.assign(b1 * mi + (1 - b1) * g)
-            vi.assign(b2 * vi + (1 - b2) * g.square())
-            update = (mi / bc1) / ((vi / bc2).sqrt() + ADAM_EPS)
-            if weight_decay and p.ndim >= 2:   # decoupled decay on kernels and the head, not on biases or norms
-                update = update + weight_decay * p
-            p.assign(p - lr * update)
-        Tensor.realize(loss, acc, *ps, *m, *v)
+        adamw_update(state, loss.gradient(*ps), lr, decay, bc1, bc2, weight_decay, clip=math.inf)
+        Tensor.realize(loss, acc, *state["flat"].values())
         return loss, acc
 
-    return step
+    return state, step
 
 
 def accuracy(params, images, labels, batch=256):
@@ -104,20 +91,21 @@ def train(args):
         args.shift = round(H / 16)   # a shift of 2 px at 8x8 moves a quarter of the image: too much to learn from
     cfg = F.FeatureConfig(img_size=H, in_channels=C, num_classes=ds.num_classes, width=args.width)
     out = args.out or F.features_path(args.data, H)
-    params = F.init_params(cfg, args.seed, device)
+    state, step_fn = make_train_step(F.init_params(cfg, args.seed, device), F.param_shapes(cfg), args.weight_decay,
+                                     device)
+    params = state["params"]
     n_params = sum(int(np.prod(p.shape)) for p in params.values())
     print(f"feature network ({n_params / 1e3:.0f}k params, {cfg.feature_dim} features) on {ds.name} "
           f"({len(ds)} train / {len(test)} test images {C}x{H}x{W}, {ds.num_classes} classes), batch {args.batch}, "
           f"{args.steps} steps, device {device or Device.DEFAULT}", flush=True)
-    step_fn = make_train_step(params, args.weight_decay)
     losses, accs, t0 = [], [], time.perf_counter()
     bar = tqdm(range(args.steps), unit="step", dynamic_ncols=True, mininterval=1.0)
     for step in bar:
         x, y = batch_at(step, args.seed, ds, args.batch, args.shift)
         with Context(TRAINING=1):
             loss, acc = step_fn(Tensor(x, device=device), Tensor(y.astype(np.int32), device=device),
-                                Tensor([lr_at(step, args.lr, args.warmup, args.steps)], device=device),
-                                Tensor([1 - BETAS[0] ** (step + 1)], device=device),
+                                Tensor([lr_at(step, args.lr, args.warmup, cosine_steps=args.steps)], device=device),
+                                Tensor([1.0], device=device), Tensor([1 - BETAS[0] ** (step + 1)], device=device),
                                 Tensor([1 - BETAS[1] ** (step + 1)], device=device))
         losses.append(float(loss.item()))
         accs.append(float(acc.item()))

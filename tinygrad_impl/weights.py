@@ -25,3 +25,9 @@ def load_weights(path, ema=False, device=None):
     """(params as Tensors, cfg, meta); the same checks and errors as numpy_ref.weights.load_weights."""
     params, cfg, meta = _ref.load_weights(path, ema)
     return to_tensors(params, device), cfg, meta
+
+
+def load_for_sampling(path, raw=False, device=None):
+    """(params as Tensors, cfg, meta, "EMA" or "raw"): numpy_ref.weights.load_for_sampling, on `device`."""
+    params, cfg, meta, which = _ref.load_for_sampling(path, raw)
+    return to_tensors(params, device), cfg, meta, which

@@ -32,12 +32,13 @@ import time
 import numpy as np
 
 from numpy_ref.data import load_dataset
-from numpy_ref.sample import grid_labels, load_checkpoint, sample_images, schedule_of
+from numpy_ref.sample import grid_labels, sample_images, schedule_of
 from numpy_ref.samplers import sampling_plan
+from numpy_ref.weights import load_for_sampling
 from tutorial_utils import FAST, ensure_checkpoint, image_table, line_plot
 
 ckpt = ensure_checkpoint()
-params, cfg, meta, which = load_checkpoint(ckpt)
+params, cfg, meta, which = load_for_sampling(ckpt)
 sched = schedule_of(meta)
 print(f"{ckpt}: {cfg.arch}, {cfg.img_size}x{cfg.img_size}, step {meta['step']}, {which} weights")
 
@@ -146,23 +147,19 @@ print("wrote", path)
 #   (the printed distance from the most accurate solve shrinks with steps). DDPM's images change with
 #   the step count (fresh noise at every step); at 5-10 steps they are dim and blurry, at 50-100
 #   steps brighter, but still dimmer than DDIM's.
-# - `03_contrast.png`: both climb with steps; DDIM's is near the real images' by 25 steps (measured
-#   0.28 vs 0.35 on the full run), DDPM's is still about 0.21 at 100 steps: DDPM respaced to few
-#   steps wastes them, DDIM was made for it.
+# - `03_contrast.png`: both climb with steps; DDIM's comes near the real images' within a few tens
+#   of steps, DDPM's stays well below it even at 100 steps: DDPM respaced to few steps wastes them,
+#   DDIM is made for it.
 # - `03_quality.png`: the nearest-image distance *prefers* few-step DDPM, because its dim, blurry
 #   images sit near dark training backgrounds: the blind spot named above. Read it together with
 #   the contrast, and use `tinygrad_impl.evaluate` for real comparisons.
 # - DPM-Solver++(2M) vs DDIM: from the same noise both head for the same image; the printed
 #   `mean |x(k steps) - x(dpmpp2m, most steps)|` says how far each still is after k steps. With
 #   2 steps the two are the same sampler (first and last steps are first order); the second-order
-#   steps start at 4. Where the model's eps is exact, the gap is large: on Gaussian data
-#   (std 0.5 per pixel, linear schedule) the RMS distance from the exact ODE image was measured
-#   0.107 vs 0.138 (DDIM) at 10 steps, 0.024 vs 0.069 at 20, and 20 DPM-Solver++ steps beat 50
-#   DDIM steps (0.028); the error falls 9x per 3x steps, DDIM's 3x (`tests/test_samplers.py`).
-#   On the full run of this tutorial (the checkpoint of 04) the mean distance from the 100-step
-#   DPM-Solver++ image was 0.045 vs 0.053 (DDIM) at 10 steps, 0.016 vs 0.024 at 25, 0.009 vs 0.015
-#   at 50: DPM-Solver++ at 25 steps is as close as DDIM at ~50. Its contrast reached the real
-#   images' level sooner too (contrast 0.30 at 10 steps, DDIM 0.27).
+#   steps start at 4. Where the model's eps is exact, the gap is large: on Gaussian data the
+#   second-order sampler's error falls about as the square of the step count, DDIM's about in
+#   proportion (`tests/test_samplers.py` checks both). With this tutorial's trained model the gap is
+#   smaller but in the same direction: compare the printed distances at 10, 25 and 50 steps.
 #
 # Next: `05_tinygrad_to_numpy.py` checks that NumPy and tinygrad draw the same images.
 

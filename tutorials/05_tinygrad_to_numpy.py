@@ -31,13 +31,14 @@ ckpt = ensure_checkpoint()
 # %% [markdown]
 # ## Load the checkpoint into numpy_ref
 #
-# `load_weights(path, ema=True)` returns a dict name -> float32 array (the EMA copy), the config
-# and the metadata; every tensor is checked against `param_shapes(cfg)`.
+# `load_for_sampling(path)` returns a dict name -> float32 array (the EMA copy when the file has
+# one), the config, the metadata and which copy it read; every tensor is checked against `param_shapes(cfg)`.
 
 # %%
-params, cfg, meta = weights.load_weights(ckpt, ema=True)
+params, cfg, meta, which = weights.load_for_sampling(ckpt)
 print(f"{ckpt}\n  config: {cfg.arch}, width {cfg.width}, depth {cfg.depth}, {cfg.img_size}x{cfg.img_size}, "
-      f"{cfg.num_classes} classes\n  meta: step {meta['step']}, data {meta['data']}, schedule {meta['schedule']}")
+      f"{cfg.num_classes} classes\n  meta: step {meta['step']}, data {meta['data']}, schedule {meta['schedule']}; "
+      f"{which} weights")
 for name in list(params)[:4]:
     print(f"  {name:28s} {params[name].shape} {params[name].dtype}")
 print(f"  ... {len(params)} tensors")

@@ -29,7 +29,7 @@ import numpy as np
 
 import numpy_ref.layers as L
 from numpy_ref.configs import get_config
-from numpy_ref.models import get_model
+from numpy_ref.models import count_macs, get_model
 from tutorial_utils import FAST, line_plot
 
 SIZE, CLASSES = (16, 6) if FAST else (32, 6)
@@ -71,18 +71,12 @@ def trace_layers(model):
 
 
 rows = {}
-x = np.random.default_rng(0).uniform(-1, 1, (1, 3, SIZE, SIZE)).astype(np.float32)
 for arch, preset in presets.items():
     cfg = get_config(preset, img_size=SIZE, in_channels=3, num_classes=CLASSES)
-    model = get_model(arch)
-    params = model.init_params(cfg, 0)
-    L.MACS[0] = 0
-    with trace_layers(model) as calls:
-        eps = model.forward(params, x, np.array([500]), np.array([1]), cfg)
-    assert eps.shape == x.shape
-    rows[arch] = dict(preset=preset, params=sum(v.size for v in params.values()), macs=L.MACS[0], calls=calls,
-                      distinct=len({c[:3] for c in calls}))
-    print(f"{preset:18s} {rows[arch]['params'] / 1e6:6.2f}M params  {L.MACS[0] / 1e6:7.1f}M MACs/image  "
+    with trace_layers(get_model(arch)) as calls:
+        n_params, macs = count_macs(cfg)                              # one image through the NumPy forward
+    rows[arch] = dict(preset=preset, params=n_params, macs=macs, calls=calls, distinct=len({c[:3] for c in calls}))
+    print(f"{preset:18s} {n_params / 1e6:6.2f}M params  {macs / 1e6:7.1f}M MACs/image  "
           f"{len(calls):4d} weight-layer calls, {rows[arch]['distinct']:3d} distinct (layer, input, weight) shapes")
 
 # %% [markdown]
