@@ -159,3 +159,12 @@ def test_no_compiler_warnings_on_opencl(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "warning" not in out.stdout + out.stderr
+
+
+def test_fast_0_in_the_environment_turns_the_fast_path_off():
+    import subprocess
+    import sys
+    code = "from tinygrad_impl import fast; print(fast.applies('CPU'))"
+    says = {v: subprocess.run([sys.executable, "-c", code], env=dict(os.environ, FAST=v), capture_output=True,
+                              text=True, timeout=120).stdout.strip() for v in ("0", "1")}
+    assert says == {"0": "False", "1": "True"}
