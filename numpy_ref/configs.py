@@ -141,11 +141,50 @@ class ModelConfig:
         return cls(**d)
 
 
-def check_inputs(cfg, x_shape, y=None, multiple=None):
-    """Raise ValueError naming the problem if x (B, C, H, W) or the labels y do not fit cfg.
-    multiple: H and W must be divisible by it (default: the stem stride)."""
+# The model config does not know the noise schedule: t is checked against T = 1000, the default schedule length
+# (make_schedule, tinygrad_impl.train, checkpoints whose metadata has no T); a caller with another schedule passes T.
+# The model forwards pass no T, so through them t must be in 0..999.
+DEFAULT_T = 1000
+# |x| above this is neither an image in [-1, 1] nor a noisy x_t = sqrt(abar) x0 + sqrt(1 - abar) eps (what training
+# and the samplers feed): |x_t| <= 1 + |eps|, and a standard normal eps beyond 49 has probability below 1e-500.
+# Unscaled pixel values 0..255 go beyond it.
+X_LIMIT = 50.0
+
+
+def _is_host(a):
+    """True for values on the host (NumPy arrays, Python numbers and lists); False for device tensors (tinygrad),
+    whose values are not read here: forward runs under TinyJit during training."""
+    return isinstance(a, (np.ndarray, np.generic, list, tuple, int, float, bool))
+
+
+def _kind(dtype):
+    """'float', 'int' (signed or unsigned), 'bool' or 'other' for a NumPy dtype or a tinygrad DType."""
+    if isinstance(dtype, np.dtype):
+        return {"f": "float", "i": "int", "u": "int", "b": "bool"}.get(dtype.kind, "other")
+    from tinygrad import dtypes   # only tinygrad tensors get here
+    return ("bool" if dtype == dtypes.bool else "float" if dtypes.is_float(dtype)
+            else "int" if dtypes.is_int(dtype) else "other")
+
+
+def _whole(a, what):
+    """a (host array) as float64, after checking its values are finite whole numbers."""
+    if _kind(a.dtype) not in ("int", "float"):
+        raise ValueError(f"{what} must be numbers, got dtype {a.dtype}")
+    v = a.astype(np.float64)
+    bad = v[~np.isfinite(v) | (v != np.round(v))]
+    if bad.size:
+        raise ValueError(f"{what} must be whole numbers, got {bad[0]:g}")
+    return v
+
+
+def check_inputs(cfg, x, t, y=None, multiple=None, T=DEFAULT_T):
+    """Raise ValueError naming the problem if x (B, C, H, W), the timesteps t (B,) or the labels y (B,) do not fit cfg.
+    multiple: H and W must be divisible by it (default: the stem stride). T: the diffusion steps, t in 0..T-1.
+    Shapes and dtypes are checked for NumPy arrays and tinygrad tensors alike; values (range, whole numbers) only
+    on the host: a tinygrad tensor's values live on its device and are not read."""
+    x_shape = tuple(x.shape)
     if len(x_shape) != 4:
-        raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x_shape)}")
+        raise ValueError(f"x must be (B, C, H, W), got shape {x_shape}")
     B, C, H, W = x_shape
     if C != cfg.in_channels:
         raise ValueError(f"x has {C} channels but the model was built for in_channels={cfg.in_channels}")
@@ -153,16 +192,46 @@ def check_inputs(cfg, x_shape, y=None, multiple=None):
     if H % m or W % m:
         raise ValueError(f"image size {H}x{W} is not divisible by {m} (the stem stride / downsampling factor); "
                          f"resize or crop to a multiple of {m}")
-    if y is not None:
-        if cfg.num_classes == 0:
-            raise ValueError("labels y were given but the model is unconditional (num_classes=0)")
-        if isinstance(y, (list, tuple, np.ndarray, int, np.integer)):
-            ya = np.asarray(y).reshape(-1)
-            if ya.shape[0] != B:
-                raise ValueError(f"got {ya.shape[0]} labels for a batch of {B}")
-            if ya.size and (ya.min() < 0 or ya.max() > cfg.num_classes):
-                raise ValueError(f"class id out of range: ids must be in 0..{cfg.num_classes - 1} "
-                                 f"(or {cfg.num_classes} for the null class), got {ya.min()}..{ya.max()}")
+    if _kind(x.dtype) != "float":
+        raise ValueError(f"x has dtype {x.dtype}: images must be floats in [-1, 1]"
+                         + ("; scale uint8 pixels 0..255 with x / 127.5 - 1" if _kind(x.dtype) == "int" else ""))
+    if _is_host(x) and x.size:
+        peak = float(np.max(np.abs(x)))
+        if not np.isfinite(peak):
+            raise ValueError("x holds NaN or inf values: images must be finite floats in [-1, 1]")
+        if peak > X_LIMIT:
+            raise ValueError(f"x has values up to {peak:g} in magnitude: images must be in [-1, 1] (noisy x_t within "
+                             f"a few units); pixel values 0..255? scale them with x / 127.5 - 1")
+    # timesteps: integers in 0..T-1 (every sampler, DPM-Solver++ included, and training use whole steps)
+    t_shape = tuple(np.shape(t)) if _is_host(t) else tuple(t.shape)
+    if t_shape != (B,):
+        raise ValueError(f"timesteps t must have shape (B,) = ({B},), one per image, got shape {t_shape}"
+                         + (f"; for one t for the whole batch repeat it {B} times (np.full({B}, t))"
+                            if len(t_shape) < 2 else ""))
+    if _is_host(t):
+        tv = _whole(np.asarray(t), "timesteps t")
+        out = tv[(tv < 0) | (tv >= T)]
+        if out.size:
+            raise ValueError(f"timestep t={out[0]:g} out of range: t must be in [0, {T}) (integers 0..{T - 1}, "
+                             f"one per diffusion step, T={T})")
+    elif _kind(t.dtype) not in ("int", "float"):
+        raise ValueError(f"timesteps t must be numbers, got dtype {t.dtype}")
+    if y is None:
+        return
+    if cfg.num_classes == 0:
+        raise ValueError("labels y were given but the model is unconditional (num_classes=0)")
+    y_shape = tuple(np.shape(y)) if _is_host(y) else tuple(y.shape)
+    if y_shape != (B,):
+        raise ValueError(f"labels y must have shape (B,) = ({B},), one class id per image, got shape {y_shape}"
+                         + (f" ({y_shape[0]} labels for a batch of {B})" if len(y_shape) == 1 else ""))
+    if _is_host(y):
+        yv = _whole(np.asarray(y), "class ids y")
+        out = yv[(yv < 0) | (yv > cfg.num_classes)]
+        if out.size:
+            raise ValueError(f"class id out of range: ids must be in 0..{cfg.num_classes - 1} "
+                             f"(or {cfg.num_classes} for the null class), got {out[0]:g}")
+    elif _kind(y.dtype) != "int":
+        raise ValueError(f"class ids y must be an integer tensor, got dtype {y.dtype}")
 
 
 # ----------------------------------------------------------------------------

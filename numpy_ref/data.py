@@ -298,37 +298,62 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def load_image(path, size):
-    """An image file -> (3, size, size) uint8: shorter side resized to `size`, then the centre square cropped."""
+    """An image file -> (3, size, size) uint8: shorter side resized to `size`, then the centre square cropped.
+    A file PIL cannot read (truncated, not an image) raises ValueError naming it."""
     from PIL import Image
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, np.uint8).transpose(2, 0, 1)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = size / min(w, h)
+            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, np.uint8).transpose(2, 0, 1)
+    except Exception as e:   # PIL raises OSError, SyntaxError, ValueError or its own errors for broken files
+        # stop rather than skip: a skipped file would silently change the class counts of the training set
+        reason = " ".join(str(e).replace(f" {str(path)!r}", "").split()) or type(e).__name__
+        raise ValueError(f"cannot read image {path}: {reason}; delete or replace the file, "
+                         f"or move it out of the dataset folder") from None
+
+
+def _visible(names):
+    """Names not starting with "." (hidden: .ipynb_checkpoints, .DS_Store, macOS ._* resource forks), sorted."""
+    return sorted(n for n in names if not n.startswith("."))
 
 
 def load_folder(path, split, size):
     """Images under `path`; sub-folders are the classes (sorted by name). With path/train and path/test the
-    split picks one; otherwise both splits are the whole folder."""
+    split picks one; otherwise both splits are the whole folder. Hidden files and folders (names starting with
+    ".") are ignored; images beside class folders, or a class folder without images, raise ValueError."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"image folder {path!r} does not exist: give folder:<path> with a folder of images "
                                 f"(one sub-folder per class, or images directly in it)")
     if os.path.isdir(os.path.join(path, "train")) and os.path.isdir(os.path.join(path, "test")):
         path = os.path.join(path, split)
     is_img = lambda f: f.lower().endswith(IMAGE_EXTS)
-    subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-    files, labels = [], []
-    for k, d in enumerate(subdirs):
-        found = sorted(f for f in os.listdir(os.path.join(path, d)) if is_img(f))
-        files += [os.path.join(path, d, f) for f in found]
-        labels += [k] * len(found)
-    if not files:
+    entries = _visible(os.listdir(path))
+    loose = [f for f in entries if is_img(f) and os.path.isfile(os.path.join(path, f))]
+    subdirs = [d for d in entries if os.path.isdir(os.path.join(path, d))]
+    per_class = {d: [f for f in _visible(os.listdir(os.path.join(path, d)))
+                     if is_img(f) and os.path.isfile(os.path.join(path, d, f))] for d in subdirs}
+    with_images = [d for d in subdirs if per_class[d]]
+    if with_images:
+        if loose:
+            shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+            raise ValueError(f"{path} has {len(loose)} image(s) ({shown}) beside its class folders "
+                             f"({', '.join(with_images)}): move them into a class folder, or point folder:<path> "
+                             f"at a folder that holds only class folders")
+        empty = [d for d in subdirs if not per_class[d]]
+        if empty:
+            raise ValueError(f"class folder(s) {', '.join(empty)} in {path} hold no images ({', '.join(IMAGE_EXTS)}) "
+                             f"directly: add images, or remove or hide (rename to .{empty[0]}) the folder")
+        files = [os.path.join(path, d, f) for d in subdirs for f in per_class[d]]
+        labels = [k for k, d in enumerate(subdirs) for _ in per_class[d]]
+    else:
         subdirs = []
-        files = [os.path.join(path, f) for f in sorted(os.listdir(path)) if is_img(f)]
+        files = [os.path.join(path, f) for f in loose]
         labels = [0] * len(files)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {path!r} or its sub-folders")

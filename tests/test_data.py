@@ -234,3 +234,66 @@ def test_bad_names(tmp_path):
         D.load_dataset(f"folder:{tmp_path}")
     with pytest.raises(ValueError, match="32x32 only"):
         D.load_dataset("mnist", size=16)
+
+
+def png_bytes(w=24, h=24):
+    buf = io.BytesIO()
+    stripes(w, h).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_hidden_folders_and_files_are_ignored(tmp_path):
+    """Jupyter's .ipynb_checkpoints, macOS's .DS_Store and ._ resource forks are no classes and no images."""
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        stripes(20, 20).save(tmp_path / cls / "a.png")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "cats" / "._a.png").write_bytes(b"\0\5\26\7 AppleDouble")   # not a PNG: would fail to load
+    ds = D.load_dataset(f"folder:{tmp_path}", size=8)
+    assert ds.class_names == ["cats", "dogs"] and ds.num_classes == 2 and ds.labels.tolist() == [0, 1]
+
+
+def test_hidden_folder_with_images_in_a_flat_folder_is_ignored(tmp_path):
+    """A flat folder stays one unconditional class of its own images: a hidden sub-folder holding an image
+    (a checkpoint copy) does not turn into the only class and drop the real images."""
+    for i in range(3):
+        stripes(20, 20).save(tmp_path / f"{i}.png")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    stripes(20, 20).save(tmp_path / ".ipynb_checkpoints" / "0-checkpoint.png")
+    ds = D.load_dataset(f"folder:{tmp_path}", size=8)
+    assert len(ds) == 3 and ds.num_classes == 0
+
+
+def test_loose_images_beside_class_folders_are_an_error(tmp_path):
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        stripes(20, 20).save(tmp_path / cls / "a.png")
+    stripes(20, 20).save(tmp_path / "stray.png")
+    (tmp_path / "README.txt").write_text("not an image: fine beside the class folders")
+    with pytest.raises(ValueError, match=r"1 image\(s\) \(stray\.png\) beside its class folders \(cats, dogs\): "
+                                         r"move them into a class folder, or point folder:<path> at a folder"):
+        D.load_dataset(f"folder:{tmp_path}", size=8)
+
+
+def test_class_folder_without_images_is_an_error(tmp_path):
+    (tmp_path / "cats").mkdir()
+    stripes(20, 20).save(tmp_path / "cats" / "a.png")
+    (tmp_path / "dogs").mkdir()
+    (tmp_path / "dogs" / "notes.txt").write_text("no pictures yet")
+    with pytest.raises(ValueError, match=r"class folder\(s\) dogs in .* hold no images .*rename to \.dogs"):
+        D.load_dataset(f"folder:{tmp_path}", size=8)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text"])
+def test_unreadable_image_is_named_in_one_line(tmp_path, kind):
+    """A truncated PNG (cut in its pixel data, or in its header) and a text file named .png: a ValueError
+    naming the file, its reason, and the fix, on one line and without PIL's chained tracebacks."""
+    stripes(20, 20).save(tmp_path / "a.png")
+    bad = tmp_path / "b.png"
+    blob = png_bytes()
+    reason = {"truncated": "truncated", "text": "cannot identify image file"}[kind]
+    bad.write_bytes(blob[: len(blob) // 2] if kind == "truncated" else b"hello, I am text")
+    with pytest.raises(ValueError, match=f"cannot read image {bad}: .*{reason}.*; delete or replace the file") as e:
+        D.load_dataset(f"folder:{tmp_path}", size=8)
+    assert "\n" not in str(e.value) and e.value.__suppress_context__ and e.value.__cause__ is None

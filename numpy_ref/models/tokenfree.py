@@ -114,7 +114,7 @@ def block(p, prefix, h, c, hw, cfg):
 def forward(params, x, t, y=None, cfg=None):
     """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
     Any H, W divisible by the stem stride work: nothing in the model depends on the image size."""
-    check_inputs(cfg, x.shape, y)
+    check_inputs(cfg, x, t, y)
     p, S = params, cfg.stride
     B, C, H, W = x.shape
     h = conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)           # (B, D, H/S, W/S)

@@ -213,7 +213,7 @@ def conditioning(p, t, y, cfg, dtype):
 def unet_forward(params, x, t, y, cfg, conv_at, attn):
     """The U-Net of `layout(cfg)` with the architecture's ResBlock conv at a level, conv_at(level), and attention
     block attn(p, prefix, x, temb, cfg): x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)"""
-    check_inputs(cfg, x.shape, y, multiple=2 ** (len(cfg.channel_mult) - 1))
+    check_inputs(cfg, x, t, y, multiple=2 ** (len(cfg.channel_mult) - 1))
     p = params
     temb = conditioning(p, t, y, cfg, x.dtype)                                             # (B, E)
     h = conv3x3(p, "input_conv", x, cfg)                                                   # (B, ch0, H, W)

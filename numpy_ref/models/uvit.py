@@ -165,7 +165,7 @@ def check_image_size(cfg, x_shape):
 def forward(params, x, t, y=None, cfg=None):
     """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps, y (B,) class ids
     or None (the null class on a conditional model) -> eps (B, C, H, W)."""
-    check_inputs(cfg, x.shape, y)
+    check_inputs(cfg, x, t, y)
     check_image_size(cfg, x.shape)
     p, P = params, cfg.stride
     B, C, H, W = x.shape

@@ -113,7 +113,7 @@ def forward(params, x, t, y=None, cfg=None):
     """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
     H and W must be divisible by 2**(levels-1), and each level's map by the window where it is windowed."""
     levels = len(cfg.channel_mult)
-    check_inputs(cfg, x.shape, y, multiple=2 ** (levels - 1))
+    check_inputs(cfg, x, t, y, multiple=2 ** (levels - 1))
     p = params
     xt = time_token(conditioning(p, t, y, cfg))                                    # (B, T)
     h = conv2d(x, p["stem.weight"], p["stem.bias"], padding=1)                     # (B, C0, H, W)
