@@ -112,12 +112,33 @@ def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
     return eps_u + guidance * (eps_c - eps_u)
 
 
+class RowNoise:
+    """Noise drawn image by image: row i of a batch that starts at image `first` of a run draws from its own
+    np.random.default_rng([seed, first + i]). An image's noise then depends on the seed and its index in the run
+    only, not on how the run is cut into batches (one generator per batch would tie it to the batch size)."""
+
+    def __init__(self, seed, first, rows):
+        self.rngs = [np.random.default_rng([seed, i]) for i in range(first, first + rows)]
+
+    def standard_normal(self, shape):
+        """(rows, *image shape) float64, each row the next draw of its image's generator"""
+        if shape[0] != len(self.rngs):
+            raise ValueError(f"RowNoise has {len(self.rngs)} rows, asked for a batch of {shape[0]}")
+        return np.stack([rng.standard_normal(shape[1:]) for rng in self.rngs])
+
+
+def noise_source(seed):
+    """What sample draws from: np.random.default_rng(seed) for an int (or a list of ints) seed, the whole batch from
+    one generator; anything with standard_normal(shape), e.g. a RowNoise, as it is."""
+    return seed if hasattr(seed, "standard_normal") else np.random.default_rng(seed)
+
+
 def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=None, guidance=1.0,
            null_class=None, clip=True, progress=None, prediction="eps"):
-    """Draw images (B, C, H, W) in [-1, 1]. Noise comes from np.random.default_rng(seed): the initial
-    x_T first, then one draw per step whose sigma > 0, so a seed gives the same images everywhere.
+    """Draw images (B, C, H, W) in [-1, 1]. Noise comes from noise_source(seed): the initial x_T first, then
+    one draw per step whose sigma > 0, so a seed gives the same images everywhere.
     progress: optional wrapper over the plan (e.g. tqdm). prediction: what eps_fn returns, "eps" or "v"."""
-    rng = np.random.default_rng(seed)
+    rng = noise_source(seed)
     x = rng.standard_normal(shape).astype(np.float32)
     plan = sampling_plan(sched, sampler, steps, eta)
     x0 = np.zeros(shape, np.float32)

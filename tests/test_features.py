@@ -17,6 +17,16 @@ from util import assert_close, random_params
 CFG = NF.FeatureConfig(img_size=8, in_channels=3, num_classes=5, width=8)
 
 
+def cli_fails(capsys, main, argv):
+    """Run a CLI as `python -m` does (cli.run): it must exit with code 2 and say why on one stderr line."""
+    from numpy_ref import cli
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
 def random_feature_params(cfg, seed=0, dtype=np.float32):
     """Every tensor random (init_params has unit norm scales and zero biases, which hide mistakes there)."""
     rng = np.random.default_rng(seed)
@@ -153,8 +163,8 @@ def test_train_features_cli_learns_the_built_in_shapes(tmp_path, capsys):
     assert meta["test_accuracy"] > 0.4, f"test accuracy {meta['test_accuracy']:.3f} after 100 steps"
     assert summary["test_accuracy"] == meta["test_accuracy"]
     assert "test accuracy" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--steps must be >= 1"):
-        train_features.main(["--steps", "0", "--out", str(tmp_path / "x.safetensors")])
+    line = cli_fails(capsys, train_features.main, ["--steps", "0", "--out", str(tmp_path / "x.safetensors")])
+    assert "argument --steps: must be > 0, got 0" in line
 
 
 # ----------------------------------------------------------------------------
@@ -213,21 +223,80 @@ def test_evaluate_cli_on_a_tiny_checkpoint_both_backends(tmp_path, capsys):
     assert res_raw["info"]["weights"] == "raw" and res_raw["rows"][0]["fd"] != pytest.approx(samples["fd"])
 
 
-def test_evaluate_cli_explains_what_is_missing(tmp_path):
+def evaluate_fails(capsys, argv):
     from tinygrad_impl import evaluate
+    return cli_fails(capsys, evaluate.main, argv)
+
+
+def test_evaluate_cli_explains_what_is_missing(tmp_path, capsys):
     ckpt, feats = tiny_checkpoint_and_features(tmp_path)
     base = ["--ckpt", ckpt, "--n", "12", "--numpy"]
-    with pytest.raises(SystemExit, match="train_features --data shapes --size 8 --out"):
-        evaluate.main(base + ["--features", str(tmp_path / "none.safetensors")])
+    assert "train_features --data shapes --size 8 --out" in evaluate_fails(
+        capsys, base + ["--features", str(tmp_path / "none.safetensors")])
     fcfg = NF.FeatureConfig(img_size=16, in_channels=3, num_classes=6, width=8)
     NF.save_features(tmp_path / "f16.safetensors", NF.init_params(fcfg), fcfg, "shapes", 0.5)
-    with pytest.raises(SystemExit, match=r"trained on \(3, 16, 16\) images"):
-        evaluate.main(base + ["--features", str(tmp_path / "f16.safetensors")])
+    assert "trained on (3, 16, 16) images" in evaluate_fails(capsys, base + ["--features", str(tmp_path / "f16.safetensors")])
     fcfg = NF.FeatureConfig(img_size=8, in_channels=3, num_classes=10, width=8)
     NF.save_features(tmp_path / "fm.safetensors", NF.init_params(fcfg), fcfg, "mnist", 0.5)
-    with pytest.raises(SystemExit, match="trained on mnist, the checkpoint on shapes"):
-        evaluate.main(base + ["--features", str(tmp_path / "fm.safetensors")])
-    with pytest.raises(SystemExit, match="give it as --ckpt"):
-        evaluate.main(base + ["--features", ckpt])
-    with pytest.raises(SystemExit, match="--n 3 is too few"):
-        evaluate.main(["--ckpt", ckpt, "--features", feats, "--n", "3"])
+    assert "trained on mnist, the checkpoint on shapes" in evaluate_fails(
+        capsys, base + ["--features", str(tmp_path / "fm.safetensors")])
+    assert "give it as --ckpt" in evaluate_fails(capsys, base + ["--features", ckpt])
+    assert "--n 3 is too few" in evaluate_fails(capsys, ["--ckpt", ckpt, "--features", feats, "--n", "3"])
+
+
+# every flag checked before anything is sampled: (flags, what the one-line error must say)
+EVALUATE_BAD_FLAGS = [
+    (["--guidance", "nan"], "argument --guidance: must be a finite number, got nan"),
+    (["--guidance", "-1"], "argument --guidance: must be >= 0, got -1"),
+    (["--eta", "-1"], "argument --eta: must be >= 0 and <= 1, got -1"),
+    (["--steps", "0"], "argument --steps: must be > 0, got 0"),
+    (["--steps", "5000"], "--steps must be in 1..1000 (the checkpoint's schedule has T = 1000), got 5000"),
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["--batch", "0"], "argument --batch: must be > 0, got 0"),
+    (["--n", "-5"], "argument --n: must be > 0, got -5"),
+    (["--k", "0"], "argument --k: must be > 0, got 0"),
+    (["--kid-subset-size", "1"], "argument --kid-subset-size: must be >= 2, got 1"),
+    (["--ref-n", "3"], "--ref-n must be >= 5 (more than --k 3 + 1), got 3"),
+    (["--sampler", "dpmpp2m", "--eta", "0.5"], "--eta must be 0 for --sampler dpmpp2m"),
+    (["--device", "NOSUCH"], "--device NOSUCH: tinygrad has no such backend; devices tinygrad finds here: "),
+]
+
+
+@pytest.mark.parametrize("extra, message", EVALUATE_BAD_FLAGS, ids=[" ".join(f) for f, _ in EVALUATE_BAD_FLAGS])
+def test_evaluate_bad_flags_are_one_line_errors_with_exit_code_2(tmp_path, capsys, extra, message):
+    ckpt, feats = tiny_checkpoint_and_features(tmp_path)
+    line = evaluate_fails(capsys, ["--ckpt", ckpt, "--features", feats, "--n", "12", "--ref-n", "60",
+                                   "--json", str(tmp_path / "r.json"), *extra])
+    assert message in line
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_evaluate_refuses_nan_weights_and_an_unwritable_json_before_sampling(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    ckpt, feats = tiny_checkpoint_and_features(tmp_path)
+    with safe_open(ckpt, "np") as f:   # a diverged run: the EMA copy holds a NaN (save_weights refuses to write it)
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    name = "final_conv.bias"
+    tensors[f"ema/{name}"][0] = np.nan
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=metadata)
+    base = ["--ckpt", str(tmp_path / "nan.safetensors"), "--features", feats, "--n", "12", "--ref-n", "60"]
+    line = evaluate_fails(capsys, base)
+    assert f"the EMA weights hold NaN or inf in 1 tensor ({name})" in line and "or try --raw" in line
+    # --json is tried first: a folder is refused before the (bad) checkpoint is read
+    assert f"--json {tmp_path} is a folder" in evaluate_fails(capsys, base + ["--json", str(tmp_path)])
+    (tmp_path / "a_file").write_text("")
+    assert "cannot create the folder of --json" in evaluate_fails(capsys, base + ["--json", str(tmp_path / "a_file" / "r.json")])
+
+
+def test_evaluate_samples_do_not_depend_on_the_batch_size(tmp_path):
+    """Sample i has its own noise and class i % K: batches of 5 or 12, NumPy or tinygrad, draw the same images."""
+    from tinygrad_impl import evaluate
+    ckpt, _ = tiny_checkpoint_and_features(tmp_path)
+    params, cfg, meta, _ = W.load_for_sampling(ckpt)
+    sched = evaluate.schedule_of(meta)
+    one, labels = evaluate.generate(params, cfg, sched, 12, steps=2, guidance=2.0, seed=1, batch=12, use_numpy=True)
+    cut, labels5 = evaluate.generate(params, cfg, sched, 12, steps=2, guidance=2.0, seed=1, batch=5, use_numpy=True)
+    assert one.shape == (12, 3, 8, 8) and labels.tolist() == labels5.tolist() == [i % 6 for i in range(12)]
+    assert np.abs(one[1:] - one[:1]).max() > 0.1
+    np.testing.assert_allclose(cut, one, atol=1e-3)

@@ -113,3 +113,7 @@ def test_legitimate_inputs_pass(preset):
     assert fwd(xt, t, y).shape == x0.shape
     assert fwd(xt, t.astype(np.float32), y).shape == x0.shape
     check_inputs(cfg, xt, np.array([1500, 1999, 0, 7]), y, multiple=1, T=2000)
+    model = np_model(cfg.arch)                           # a longer schedule through forward: T, as numpy_ref.sample passes it
+    assert model.forward(random_params(cfg), xt, np.array([1500, 1999, 0, 7]), y, cfg, T=2000).shape == x0.shape
+    with pytest.raises(ValueError, match=r"t must be in \[0, 1000\)"):
+        model.forward(random_params(cfg), xt, np.array([1500, 1999, 0, 7]), y, cfg)

@@ -273,3 +273,33 @@ def test_tinygrad_sampler_matches_numpy_with_the_same_seed(sampler, eta, guidanc
                     guidance=guidance, null_class=cfg.null_class, prediction=prediction)
     assert len(steps) == 8 and np.abs(ref).max() > 0.1
     assert_close(ref, out, atol=5e-4, what=sampler)   # 8 chained steps of the float32 model
+
+
+# ----------------------------------------------------------------------------
+# Noise per image (the CLIs' batches)
+# ----------------------------------------------------------------------------
+
+def test_row_noise_does_not_depend_on_how_the_rows_are_cut():
+    whole, parts = S.RowNoise(5, 0, 6), [S.RowNoise(5, 0, 2), S.RowNoise(5, 2, 4)]
+    for _ in range(3):   # x_T, then two steps' draws
+        np.testing.assert_array_equal(whole.standard_normal((6, 3, 2, 2)),
+                                      np.concatenate([p.standard_normal((len(p.rngs), 3, 2, 2)) for p in parts]))
+    np.testing.assert_array_equal(S.noise_source(3).standard_normal(4), np.random.default_rng(3).standard_normal(4))
+    with pytest.raises(ValueError, match="RowNoise has 6 rows, asked for a batch of 5"):
+        whole.standard_normal((5, 3))
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.5)])
+def test_samples_with_row_noise_are_the_same_in_any_batches_and_both_backends(sampler, eta):
+    """A row-wise eps (0.3 x) and noise at every step: 6 images at once, or as 2 + 4, or by tinygrad with one jitted
+    step reused for both batches, are the same images; an int seed draws others."""
+    sched, shape = make_schedule(), (3, 2, 2)
+    eps_np = lambda x, t, y: 0.3 * x  # noqa: E731
+    run = lambda first, rows: S.sample(eps_np, (rows, *shape), sched, sampler, 5, eta, S.RowNoise(9, first, rows))  # noqa: E731
+    whole = run(0, 6)
+    np.testing.assert_array_equal(np.concatenate([run(0, 2), run(2, 4)]), whole)
+    assert np.abs(S.sample(eps_np, (6, *shape), sched, sampler, 5, eta, 9) - whole).max() > 0.1
+    step = TS.make_step(lambda x, t, y: 0.3 * x, guided=False)
+    tg = [TS.sample(lambda x, t, y: 0.3 * x, (3, *shape), sched, sampler, 5, eta, S.RowNoise(9, first, 3), step_fn=step)
+          for first in (0, 3)]
+    assert_close(whole, np.concatenate(tg), atol=1e-5, what=sampler)

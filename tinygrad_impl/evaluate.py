@@ -7,22 +7,22 @@ the project's own classifier (numpy_ref/features.py), with the calibration rows 
 Rows: the samples; real test images (the floor: what a perfect model would score with this many images);
 Gaussian noise clipped to [-1, 1] (the ceiling). Every row is compared with the same reference, --ref-n real
 training images. Samples are drawn with tinygrad (--numpy: with numpy_ref, then no tinygrad is imported);
-features and metrics are NumPy. Batch i of the samples uses seed [--seed, i] and classes i % K in turn, the
-same in both backends, so a seed gives the same images and the same numbers.
+features and metrics are NumPy. Sample i has class i % K and its own noise, from default_rng([--seed, i]), in
+both backends and for every --batch, so a seed gives the same images and the same numbers.
 """
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
+from numpy_ref import cli
 from numpy_ref import features as F
 from numpy_ref import metrics
-from numpy_ref import weights
+from numpy_ref.cli import CLIError
 from numpy_ref.samplers import SAMPLERS
-from numpy_ref.sample import schedule_of
+from numpy_ref.sample import check_run, load_checked, schedule_of, writable_file_for
 
 # ----------------------------------------------------------------------------
 # What is compared
@@ -55,30 +55,19 @@ def sample_labels(n, num_classes):
 
 def generate(params, cfg, sched, n, sampler="ddim", steps=50, eta=0.0, guidance=1.0, seed=0, batch=250,
              use_numpy=False, device=None, progress=None):
-    """n samples (n, C, H, W) in [-1, 1] and their class ids (n,) or None. Every batch has `batch` rows (the
-    last one is filled up and cut), so one set of kernels serves all and both backends draw the same noise."""
+    """n samples (n, C, H, W) in [-1, 1] and their class ids (n,) or None, drawn `batch` at a time by the
+    image_batches of numpy_ref.sample or its tinygrad twin (which fills the last batch up and cuts it, so one set
+    of kernels serves all). progress: a wrapper over the batches' (first, images) pairs (e.g. tqdm)."""
     labels = sample_labels(n, cfg.num_classes)
-    shape = (batch, cfg.in_channels, cfg.img_size, cfg.img_size)
     if use_numpy:
-        from numpy_ref.models import get_model
-        from numpy_ref.samplers import sample
-        model = get_model(cfg.arch)
-        eps_fn = lambda x, t, y: model.forward(params, x, t, y, cfg)  # noqa: E731
-        run = lambda seed_i, y: sample(eps_fn, shape, sched, sampler, steps, eta, seed_i, y, guidance, cfg.null_class,  # noqa: E731
-                                       prediction=cfg.prediction)
+        from numpy_ref.sample import image_batches
+        batches = image_batches(params, cfg, sched, n, labels, sampler, steps, eta, seed, guidance, batch)
     else:
-        from .models import get_model
-        from .samplers import sample
+        from .sample import image_batches
         from .weights import to_tensors
-        model, params_t = get_model(cfg.arch), to_tensors(params, device)
-        eps_fn = lambda x, t, y: model.forward(params_t, x, t, y, cfg)  # noqa: E731
-        run = lambda seed_i, y: sample(eps_fn, shape, sched, sampler, steps, eta, seed_i, y, guidance, cfg.null_class,  # noqa: E731
-                                       device=device, prediction=cfg.prediction)
-    out = []
-    starts = range(0, n, batch)
-    for i, start in enumerate(progress(starts) if progress else starts):
-        y = None if labels is None else np.resize(labels[start:start + batch], batch)
-        out.append(run([seed, i], y)[:n - start])
+        batches = image_batches(to_tensors(params, device), cfg, sched, n, labels, sampler, steps, eta, seed, guidance,
+                                batch, device=device)
+    out = [images for _, images in (progress(batches) if progress else batches)]
     return np.concatenate(out), labels
 
 
@@ -88,9 +77,15 @@ def generate(params, cfg, sched, n, sampler="ddim", steps=50, eta=0.0, guidance=
 
 def evaluate(args):
     """Sample, embed and compare as set by the parsed CLI args. Returns a JSON-able dict (info, rows)."""
+    import math
     from tqdm import tqdm
     check_args(args)
-    params, cfg, meta, which = weights.load_for_sampling(args.ckpt, args.raw)
+    if args.json:
+        writable_file_for("--json", args.json)
+    if not args.numpy:
+        from .sample import check_device
+        args.device = check_device(args.device)
+    params, cfg, meta, which = load_checked(args.ckpt, args.raw)
     data = meta.get("data")
     if not data:
         raise ValueError(f"{args.ckpt} does not say which dataset it was trained on (meta 'data'): it cannot be "
@@ -106,6 +101,7 @@ def evaluate(args):
                          f"dataset say little about another; train one with --data {data}")
     F.check_images(fcfg, (1, cfg.in_channels, cfg.img_size, cfg.img_size), "the model's images")
     sched = schedule_of(meta)
+    check_run(args, cfg, meta, sched)
     backend = "numpy" if args.numpy else "tinygrad"
     if not args.numpy:
         from tinygrad import Device
@@ -115,7 +111,8 @@ def evaluate(args):
     t0 = time.perf_counter()
     samples, labels = generate(params, cfg, sched, args.n, args.sampler, args.steps, args.eta, args.guidance, args.seed,
                                min(args.batch, args.n), args.numpy, args.device,
-                               progress=lambda it: tqdm(it, desc=f"sampling ({backend})", unit="batch"))
+                               progress=lambda it: tqdm(it, desc=f"sampling ({backend})", unit="batch",
+                                                        total=math.ceil(args.n / min(args.batch, args.n))))
     sample_time = time.perf_counter() - t0
     embed = lambda images, what: F.compute_features(  # noqa: E731
         fparams, images, progress=lambda it: tqdm(it, desc=f"features of {what}", unit="batch", leave=False))
@@ -178,21 +175,26 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m tinygrad_impl.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by tinygrad_impl.train (or weights.save_weights)")
-    p.add_argument("--n", type=int, default=10000, help="number of samples (and of noise and test images)")
+    p.add_argument("--n", type=cli.positive(int), default=10000, help="number of samples (and of noise and test images)")
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
-    p.add_argument("--steps", type=int, default=50, help="sampling steps")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples, the noise row and the real subsets")
-    p.add_argument("--batch", type=int, default=250, help="samples drawn at once")
+    p.add_argument("--steps", type=cli.positive(int), default=50, help="sampling steps, 1..T of the checkpoint")
+    p.add_argument("--eta", type=cli.in_range(float, 0, 1), default=0.0,
+                   help="DDIM noise in 0..1: 0 deterministic, 1 DDPM-like (dpmpp2m: 0 only)")
+    p.add_argument("--guidance", type=cli.non_negative(float), default=1.0,
+                   help="classifier-free guidance weight >= 0: 1 = the conditional model alone (no guidance), "
+                   "0 = the unconditional one, > 1 pushes toward the class")
+    p.add_argument("--seed", type=cli.non_negative(int), default=0,
+                   help="seed of the samples, the noise row and the real subsets")
+    p.add_argument("--batch", type=cli.positive(int), default=250,
+                   help="samples drawn at once (memory grows with it; the samples do not depend on it)")
     p.add_argument("--raw", action="store_true", help="use the raw weights even when the file has an EMA copy")
     p.add_argument("--features", default=None, help="feature network file (default data/features/<data>.safetensors, "
                                                     "made by python -m tinygrad_impl.train_features)")
     p.add_argument("--data-root", default="data", help="where the real dataset is looked for")
-    p.add_argument("--ref-n", type=int, default=10000, help="real training images in the reference set")
-    p.add_argument("--k", type=int, default=3, help="nearest neighbours of the precision/recall manifolds")
-    p.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets")
-    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID: rows per subset")
+    p.add_argument("--ref-n", type=cli.positive(int), default=10000, help="real training images in the reference set")
+    p.add_argument("--k", type=cli.positive(int), default=3, help="nearest neighbours of the precision/recall manifolds")
+    p.add_argument("--kid-subsets", type=cli.positive(int), default=100, help="KID: number of random subsets")
+    p.add_argument("--kid-subset-size", type=cli.in_range(int, 2), default=1000, help="KID: rows per subset")
     p.add_argument("--json", default=None, help="also write the results (info and rows) to this JSON file")
     p.add_argument("--numpy", action="store_true", help="sample with numpy_ref instead of tinygrad (slow, no tinygrad)")
     p.add_argument("--device", default=None, help="tinygrad device, e.g. CPU, CL, CUDA, METAL (default: DEV or tinygrad's pick)")
@@ -200,27 +202,20 @@ def build_parser():
 
 
 def check_args(args):
-    problems = [f"--{k.replace('_', '-')} must be >= 1" for k in ("steps", "batch", "k", "kid_subsets") if getattr(args, k) < 1]
-    if args.kid_subset_size < 2:
-        problems.append("--kid-subset-size must be >= 2")
+    """The checks between flags (each flag's own range is its argparse type)."""
     if args.n < args.k + 2:
-        problems.append(f"--n {args.n} is too few: the k-NN manifolds need more than k+1={args.k + 1} samples "
-                        "(and FD wants thousands; 10000 is the usual count)")
+        raise CLIError(f"--n {args.n} is too few: the k-NN manifolds need more than k+1={args.k + 1} samples "
+                       "(and FD wants thousands; 10000 is the usual count)")
     if args.ref_n < args.k + 2:
-        problems.append(f"--ref-n must be >= {args.k + 2}")
-    if problems:
-        raise ValueError("; ".join(problems))
+        raise CLIError(f"--ref-n must be >= {args.k + 2} (more than --k {args.k} + 1), got {args.ref_n}")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        result = evaluate(args)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    result = evaluate(args)
     print(format_table(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

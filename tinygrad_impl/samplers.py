@@ -3,7 +3,8 @@ and every random draw come from numpy_ref, so a seed gives the same images in bo
 import numpy as np
 from tinygrad import Tensor, TinyJit
 
-from numpy_ref.samplers import SAMPLERS, sampling_plan, timesteps  # noqa: F401  (shared with numpy_ref)
+# shared with numpy_ref: the plan, and the noise (RowNoise: one generator per image)
+from numpy_ref.samplers import SAMPLERS, RowNoise, noise_source, sampling_plan, timesteps  # noqa: F401
 
 
 def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None, prediction="eps"):
@@ -34,25 +35,30 @@ def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
     return eps_u + guidance * (eps_c - eps_u)
 
 
+def make_step(eps_fn, guided, null_class=None, clip=True, prediction="eps", jit=True):
+    """The whole reverse step (model, guidance, update) as one function of Tensors, a TinyJit with jit: keep it and
+    pass it to every sample call of one batch shape, so the kernels are captured once for all the batches."""
+    def step(x, t, coefs, noise, x0_prev, y_t, w_t):
+        eps = guided_eps(eps_fn, x, t, y_t, w_t, null_class) if guided else eps_fn(x, t, y_t)
+        x, x0 = denoise_step(x, eps, coefs, noise, clip, x0_prev, prediction)
+        x.realize(x0)
+        return x, x0
+    return TinyJit(step) if jit else step
+
+
 def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=None, guidance=1.0,
-           null_class=None, clip=True, progress=None, device=None, jit=True, prediction="eps"):
-    """Draw images (B, C, H, W) as a NumPy array; the same draws, in the same order, as numpy_ref.samplers.sample.
-    eps_fn(x, t, y) works on Tensors. With jit, the whole step (model, guidance, update) is one TinyJit."""
-    rng = np.random.default_rng(seed)
+           null_class=None, clip=True, progress=None, device=None, jit=True, prediction="eps", step_fn=None):
+    """Draw images (B, C, H, W) as a NumPy array; the same draws, in the same order, as numpy_ref.samplers.sample
+    (seed: an int or a noise source such as RowNoise). eps_fn(x, t, y) works on Tensors. step_fn: a make_step of
+    the same eps_fn, guidance on or off and shape, reused across calls; None makes a new one for this call."""
+    rng = noise_source(seed)
     x = Tensor(rng.standard_normal(shape).astype(np.float32), device=device).realize()
     plan = sampling_plan(sched, sampler, steps, eta)
     guided = y is not None and guidance != 1.0
     y_t = None if y is None else Tensor(np.asarray(y, dtype=np.int32), device=device).realize()
     w_t = Tensor([float(guidance)], device=device).realize()
     zeros = np.zeros(shape, np.float32)
-
-    def step(x, t, coefs, noise, x0_prev, y_t, w_t):
-        eps = guided_eps(eps_fn, x, t, y_t, w_t, null_class) if guided else eps_fn(x, t, y_t)
-        x, x0 = denoise_step(x, eps, coefs, noise, clip, x0_prev, prediction)
-        x.realize(x0)
-        return x, x0
-
-    step_fn = TinyJit(step) if jit else step
+    step_fn = step_fn or make_step(eps_fn, guided, null_class, clip, prediction, jit)
     x0 = Tensor(zeros, device=device).realize()
     for t, coefs in (progress(plan) if progress else plan):
         noise = rng.standard_normal(shape).astype(np.float32) if coefs[5] > 0 else zeros

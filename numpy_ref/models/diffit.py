@@ -8,7 +8,7 @@ with a learned relative position bias, or over the whole map at low resolution.
 """
 import numpy as np
 
-from ..configs import check_inputs
+from ..configs import DEFAULT_T, check_inputs
 from ..layers import (attention, concat, conv2d, embedding, gelu, group_norm, layer_norm, linear, merge_heads, silu,
                       split, split_heads, timestep_embedding)
 
@@ -205,11 +205,11 @@ def conditioning(p, t, y, cfg, dtype):
     return c
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
     H and W must be divisible by 2**(levels-1), and each level's map by the window where it is windowed."""
     levels = len(cfg.channel_mult)
-    check_inputs(cfg, x, t, y, multiple=2 ** (levels - 1))
+    check_inputs(cfg, x, t, y, multiple=2 ** (levels - 1), T=T)
     p = params
     xt = time_token(conditioning(p, t, y, cfg, x.dtype))                           # (B, T)
     h = conv2d(x, p["stem.weight"], p["stem.bias"], padding=1)                     # (B, C0, H, W)

@@ -7,6 +7,7 @@
   and in the middle; full 3x3 convs above;
 - Swish (SiLU) activations throughout (unet.py's ResBlocks already use them).
 """
+from ..configs import DEFAULT_T
 from ..layers import attention, conv2d, gelu, layer_norm, linear, merge_heads, silu, split_heads
 from .unet import conv3x3, conv3x3_shapes, init_from_shapes, to_map, to_tokens, unet_forward, unet_shapes
 
@@ -79,8 +80,8 @@ def transformer_block(p, prefix, x, temb, cfg, attn=shared_kv_attention):
     return to_map(h, x.shape[2:])
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
     H and W must be divisible by 2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: separable_conv if is_separable(cfg, level) else conv3x3,
-                        transformer_block)
+                        transformer_block, T)

@@ -10,6 +10,7 @@ The transformer block itself is mobile_unet's; only its attention differs. Knowl
 """
 from functools import partial
 
+from ..configs import DEFAULT_T
 from ..layers import attention, conv2d, linear, merge_heads, silu, split_heads
 from .mobile_unet import transformer_block, transformer_shapes
 from .unet import init_from_shapes, unet_forward, unet_shapes
@@ -63,8 +64,8 @@ def multi_query_attention(h, p, prefix, heads):
     return linear(merge_heads(o), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
     H and W must be divisible by 2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: expanded_separable_conv,
-                        partial(transformer_block, attn=multi_query_attention))
+                        partial(transformer_block, attn=multi_query_attention), T)

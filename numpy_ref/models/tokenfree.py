@@ -8,7 +8,7 @@ position where it is.
 """
 import numpy as np
 
-from ..configs import check_inputs
+from ..configs import DEFAULT_T, check_inputs
 from ..layers import (concat, conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate, split,
                       multi_head_attention, silu, timestep_embedding, token_depthwise_conv)
 
@@ -111,10 +111,10 @@ def block(p, prefix, h, c, hw, cfg):
     return h
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
     Any H, W divisible by the stem stride work: nothing in the model depends on the image size."""
-    check_inputs(cfg, x, t, y)
+    check_inputs(cfg, x, t, y, T=T)
     p, S = params, cfg.stride
     B, C, H, W = x.shape
     h = conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)           # (B, D, H/S, W/S)

@@ -13,7 +13,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..configs import check_inputs
+from ..configs import DEFAULT_T, check_inputs
 from ..layers import concat, conv2d, embedding, group_norm, linear, multi_head_attention, silu, timestep_embedding
 
 # ----------------------------------------------------------------------------
@@ -210,10 +210,10 @@ def conditioning(p, t, y, cfg, dtype):
     return c
 
 
-def unet_forward(params, x, t, y, cfg, conv_at, attn):
+def unet_forward(params, x, t, y, cfg, conv_at, attn, T=DEFAULT_T):
     """The U-Net of `layout(cfg)` with the architecture's ResBlock conv at a level, conv_at(level), and attention
     block attn(p, prefix, x, temb, cfg): x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)"""
-    check_inputs(cfg, x, t, y, multiple=2 ** (len(cfg.channel_mult) - 1))
+    check_inputs(cfg, x, t, y, multiple=2 ** (len(cfg.channel_mult) - 1), T=T)
     p = params
     temb = conditioning(p, t, y, cfg, x.dtype)                                             # (B, E)
     h = conv3x3(p, "input_conv", x, cfg)                                                   # (B, ch0, H, W)
@@ -234,7 +234,7 @@ def unet_forward(params, x, t, y, cfg, conv_at, attn):
     return conv3x3(p, "out_conv", silu(norm(p, "out_norm", h, cfg)), cfg)                  # (B, C, H, W)
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
     H and W must be divisible by 2**(len(channel_mult) - 1)."""
-    return unet_forward(params, x, t, y, cfg, lambda level: conv3x3, attn_block)
+    return unet_forward(params, x, t, y, cfg, lambda level: conv3x3, attn_block, T)

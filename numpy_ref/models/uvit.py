@@ -15,7 +15,7 @@ last label_emb row is the null class).
 """
 import numpy as np
 
-from ..configs import check_inputs
+from ..configs import DEFAULT_T, check_inputs
 from ..layers import concat, conv2d, embedding, gelu, layer_norm, linear, multi_head_attention, silu, timestep_embedding
 
 LN_EPS = 1e-5   # nn.LayerNorm's default, which the official code uses
@@ -162,10 +162,10 @@ def check_image_size(cfg, x_shape):
                          f"img_size={H}" + ("" if H == W else " (and square images)"))
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps, y (B,) class ids
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps in [0, T), y (B,) class ids
     or None (the null class on a conditional model) -> eps (B, C, H, W)."""
-    check_inputs(cfg, x, t, y)
+    check_inputs(cfg, x, t, y, T=T)
     check_image_size(cfg, x.shape)
     p, P = params, cfg.stride
     B, C, H, W = x.shape

@@ -1,7 +1,7 @@
 """DiffiT image space in tinygrad: a line-by-line port of numpy_ref/models/diffit.py."""
 import numpy as np
 
-from numpy_ref.configs import check_inputs
+from numpy_ref.configs import DEFAULT_T, check_inputs
 from numpy_ref.models.diffit import (level_channels, param_shapes, relative_position_index, table_window,  # noqa: F401
                                      time_dim, window_size)   # the shared parameter contract and static index math
 from numpy_ref.models import diffit as _ref
@@ -109,11 +109,11 @@ def conditioning(p, t, y, cfg):
     return c
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
     H and W must be divisible by 2**(levels-1), and each level's map by the window where it is windowed."""
     levels = len(cfg.channel_mult)
-    check_inputs(cfg, x, t, y, multiple=2 ** (levels - 1))
+    check_inputs(cfg, x, t, y, multiple=2 ** (levels - 1), T=T)
     p = params
     xt = time_token(conditioning(p, t, y, cfg))                                    # (B, T)
     h = conv2d(x, p["stem.weight"], p["stem.bias"], padding=1)                     # (B, C0, H, W)

@@ -1,5 +1,6 @@
 """MobileDiffusion's UNet in tinygrad: a line-by-line port of numpy_ref/models/mobile_unet.py."""
 # the shared contract: the parameter shapes and where the convs are separable
+from numpy_ref.configs import DEFAULT_T
 from numpy_ref.models.mobile_unet import (is_separable, param_shapes, separable_conv_shapes,  # noqa: F401
                                           shared_kv_attention_shapes, transformer_shapes)
 from numpy_ref.models import mobile_unet as _ref
@@ -44,8 +45,8 @@ def transformer_block(p, prefix, x, temb, cfg, attn=shared_kv_attention):
     return to_map(h, x.shape[2:])
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
     H and W must be divisible by 2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: separable_conv if is_separable(cfg, level) else conv3x3,
-                        transformer_block)
+                        transformer_block, T)

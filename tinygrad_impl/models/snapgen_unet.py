@@ -1,6 +1,7 @@
 """SnapGen's efficient UNet in tinygrad: a line-by-line port of numpy_ref/models/snapgen_unet.py."""
 from functools import partial
 
+from numpy_ref.configs import DEFAULT_T
 # the shared contract: the parameter shapes
 from numpy_ref.models.snapgen_unet import (expanded_separable_conv_shapes, multi_query_attention_shapes,  # noqa: F401
                                            param_shapes)
@@ -39,8 +40,8 @@ def multi_query_attention(h, p, prefix, heads):
     return linear(merge_heads(o), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) timesteps, y (B,) class ids or None -> eps (B, C, H, W).
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
     H and W must be divisible by 2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: expanded_separable_conv,
-                        partial(transformer_block, attn=multi_query_attention))
+                        partial(transformer_block, attn=multi_query_attention), T)

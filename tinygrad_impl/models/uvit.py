@@ -1,7 +1,7 @@
 """U-ViT in tinygrad: a line-by-line port of numpy_ref/models/uvit.py (official parameter names)."""
 import numpy as np
 
-from numpy_ref.configs import check_inputs
+from numpy_ref.configs import DEFAULT_T, check_inputs
 from numpy_ref.models.uvit import (LN_EPS, check_image_size, load_official_state_dict,  # noqa: F401
                                    num_extras, param_shapes)  # (the shared parameter contract)
 from numpy_ref.models import uvit as _ref
@@ -56,10 +56,10 @@ def block(p, prefix, h, cfg, skip=None):
     return h + m
 
 
-def forward(params, x, t, y=None, cfg=None):
-    """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps, y (B,) class ids
+def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
+    """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps in [0, T), y (B,) class ids
     or None (the null class on a conditional model) -> eps (B, C, H, W)."""
-    check_inputs(cfg, x, t, y)
+    check_inputs(cfg, x, t, y, T=T)
     check_image_size(cfg, x.shape)
     p, P = params, cfg.stride
     B, C, H, W = x.shape
