@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from numpy_ref import cli
 from numpy_ref import features as NF
 from numpy_ref import weights as W
 from tinygrad_impl import compare
@@ -55,10 +56,24 @@ def test_compare_trains_evaluates_tabulates_and_resumes(setup, capsys):
     assert "| tokenfree (width=24) | 5 |" in text and "| unet | 3 |" in text
 
 
-def test_compare_without_results_says_what_to_run(setup):
+def test_compare_without_results_says_what_to_run(setup, capsys):
     out, common = setup
-    with pytest.raises(SystemExit, match="no finished models under .*run without --table first"):
-        compare.main(["--table"] + common)
+    with pytest.raises(SystemExit) as e:   # as `python -m tinygrad_impl.compare` runs it: one line, exit code 2
+        cli.run(compare.main, ["--table"] + common)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "no finished models under" in err and "run without --table first" in err
+
+
+def test_compare_checks_its_flags_and_device_before_training(setup, capsys):
+    out, common = setup
+    with pytest.raises(SystemExit) as e:
+        compare.main(common + ["--lr", "nan"])
+    assert e.value.code == 2 and "argument --lr: must be a finite number, got nan" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.run(compare.main, common + ["--device", "NOSUCH"])
+    assert e.value.code == 2 and "--device NOSUCH: tinygrad has no such backend" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_every_matched_entry_builds_for_fashion_mnist_at_about_the_same_size():

@@ -1,16 +1,22 @@
 """Training: the CLI on the built-in data learns, Ctrl-C + --resume equals a straight run bit for bit,
-one jitted AdamW step equals a NumPy AdamW, and bad checkpoints / flags / datasets give clear errors.
+one jitted AdamW step equals a NumPy AdamW, and bad checkpoints / flags / datasets give clear errors. Nothing lost,
+nothing silent: a diverging step is never saved, SIGTERM and SIGHUP save like Ctrl-C, every flag is checked before
+anything compiles.
 
 Every run here uses one shape (tokenfree-tiny, 8x8 shapes, batch 2, sample grids of 4) so tinygrad
 compiles the training step and the sampler once for the whole file."""
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from tinygrad import Context, Tensor
 
+from numpy_ref import cli
 from numpy_ref import data as D
 from numpy_ref import weights as np_weights
 from numpy_ref.configs import get_config
@@ -31,6 +37,13 @@ def run(out, *extra, callback=None):
 def read_log(out):
     with open(os.path.join(out, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def cli_error(capsys, argv):
+    """(exit code, stderr) of the train CLI as `python -m tinygrad_impl.train argv` runs it"""
+    with pytest.raises(SystemExit) as e:
+        cli.run(train.main, argv)
+    return e.value.code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +171,7 @@ def test_one_jitted_step_is_adamw_with_clipping_and_ema():
         got_loss, got_norm = step(Tensor(xt), Tensor(t.astype(np.float32)), Tensor(noise), Tensor(y.astype(np.int32)),
                                   Tensor([lr]), Tensor([decay]), Tensor([1 - 0.9]), Tensor([1 - 0.999]))
     assert got_loss.item() == pytest.approx(loss.item(), rel=1e-5) and got_norm.item() == pytest.approx(norm, rel=1e-4)
+    assert step.finite.item() == 1.0
     # the same step with per-sample weights (min-snr) returns the weighted mean of the squared errors
     weight = np.array([0.25, 2.0], np.float32)
     with Context(TRAINING=1):
@@ -175,6 +189,31 @@ def test_one_jitted_step_is_adamw_with_clipping_and_ema():
         np.testing.assert_allclose(state["m"][k].numpy(), m, rtol=1e-4, atol=1e-9, err_msg=k)
         np.testing.assert_allclose(state["ema"][k].numpy(), decay * before["ema"][k] + (1 - decay) * new,
                                    rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_a_refused_update_is_undone_and_the_next_step_starts_from_the_state_before_it():
+    """An lr of inf leaves the loss and the gradient finite and the weights NaN: step.finite says 0, step.undo() puts
+    back the state, and the jitted step (replaying by then) goes on from it: the same state as a run without the bad
+    step, bit for bit, in params, EMA and both moments"""
+    cfg = get_config("tokenfree-tiny", img_size=8, num_classes=6)
+    ds, sched = D.load_dataset("shapes", size=8), make_schedule()
+    a, b = train.init_state(cfg, seed=5), train.init_state(cfg, seed=5)
+    step_a, step_b = train.make_train_step(a, cfg, undo=True), train.make_train_step(b, cfg)
+
+    def call(step_fn, k, lr):
+        xt, t, target, y = train.batch_at(k, 0, ds, 2, sched, 0.1, cfg.null_class, "v")
+        with Context(TRAINING=1):
+            step_fn(Tensor(xt), Tensor(t.astype(np.float32)), Tensor(target), Tensor(y.astype(np.int32)),
+                    *train.step_scalars(k, lr, 0.999))
+        return step_fn.finite.item()
+
+    for k in range(3):   # TinyJit runs, captures, then replays from the third call on
+        assert call(step_a, k, 1e-3) == 1 and call(step_b, k, 1e-3) == 1
+    assert call(step_a, 3, float("inf")) == 0 and not np.isfinite(a["flat"]["params"].numpy()).all()
+    step_a.undo()
+    assert call(step_a, 4, 1e-3) == 1 and call(step_b, 4, 1e-3) == 1
+    for part in ("params", "ema", "m", "v"):
+        np.testing.assert_array_equal(a["flat"][part].numpy(), b["flat"][part].numpy(), err_msg=part)
 
 
 def test_schedules_and_batches():
@@ -208,7 +247,7 @@ def test_schedules_and_batches():
 # Errors
 # ----------------------------------------------------------------------------
 
-def test_truncated_foreign_and_weights_only_checkpoints(straight, tmp_path):
+def test_truncated_foreign_and_weights_only_checkpoints(straight, tmp_path, capsys):
     ref_out, _ = straight
     blob = (ref_out / "ckpt.safetensors").read_bytes()
     cases = {"truncated": (blob[: len(blob) // 2], "truncated or another format"),
@@ -228,8 +267,8 @@ def test_truncated_foreign_and_weights_only_checkpoints(straight, tmp_path):
             np_weights.save_weights(ckpt, params, cfg, meta)
         with pytest.raises(ValueError, match=message):
             run(out, "--steps", "40", "--resume")
-        with pytest.raises(SystemExit, match=message):   # the CLI prints the same reason
-            train.main(TINY + ["--out", str(out), "--steps", "40", "--resume"])
+        code, err = cli_error(capsys, TINY + ["--out", str(out), "--steps", "40", "--resume"])
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1   # the CLI: the same reason
 
 
 def test_flags_that_would_change_a_resumed_run_are_refused(straight):
@@ -240,7 +279,7 @@ def test_flags_that_would_change_a_resumed_run_are_refused(straight):
         run(out, "--steps", "40")
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run(out / "elsewhere", "--resume")
-    with pytest.raises(ValueError, match="--steps must be >= 1"):
+    with pytest.raises(SystemExit):
         run(out / "elsewhere", "--steps", "0")
 
 
@@ -260,11 +299,10 @@ def test_loss_weight_is_a_run_setting_and_old_checkpoints_resume_without_it(stra
     assert args.loss_weight == "none" and args.batch == 2
 
 
-def test_missing_dataset_gives_the_data_message(tmp_path, monkeypatch):
+def test_missing_dataset_gives_the_data_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(D, "SYSTEM_DIRS", ())
-    with pytest.raises(SystemExit) as e:
-        train.main(["--data", "fashion-mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
-    msg = str(e.value)
+    code, msg = cli_error(capsys, ["--data", "fashion-mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert code == 2
     assert "fashion-mnist" in msg and os.path.join(str(tmp_path), "fashion-mnist") in msg
     assert "--download" in msg and "apt-get install dataset-fashion-mnist" in msg
 
@@ -281,3 +319,127 @@ def test_set_changes_preset_fields_and_is_kept_on_resume(straight):
         run(straight[0] / "elsewhere", "--set", "depth")
     with pytest.raises(ValueError, match=r"--set \['depth=3'\] differs from the checkpoint's \[\]"):
         train.train(train.build_parser().parse_args(["--out", str(straight[0]), "--resume", "--set", "depth=3"]))
+
+
+# ----------------------------------------------------------------------------
+# Nothing lost, nothing silent
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--lr", "inf", "argument --lr: must be a finite number, got inf"),
+    ("--lr", "nan", "argument --lr: must be a finite number, got nan"),
+    ("--lr", "-1e-3", "argument --lr: must be > 0, got -1e-3"),
+    ("--lr", "0", "argument --lr: must be > 0, got 0"),
+    ("--warmup", "-1", "argument --warmup: must be >= 0"),
+    ("--weight-decay", "nan", "argument --weight-decay: must be a finite number"),
+    ("--clip", "0", "argument --clip: must be > 0"),
+    ("--ema-decay", "1.5", "argument --ema-decay: must be >= 0 and <= 1"),
+    ("--label-drop", "-0.1", "argument --label-drop: must be >= 0 and <= 1"),
+    ("--seed", "-1", "argument --seed: must be >= 0"),
+    ("--batch", "0", "argument --batch: must be > 0"),
+    ("--T", "1", "argument --T: must be >= 2"),
+    ("--guidance", "inf", "argument --guidance: must be a finite number"),
+    ("--ckpt-every", "-5", "argument --ckpt-every: must be >= 0"),
+    ("--sample-n", "x", "argument --sample-n: must be an integer, got 'x'"),
+])
+def test_bad_numbers_are_refused_before_anything_runs(flag, value, message, tmp_path, capsys):
+    """argparse refuses them: exit code 2 and the flag, its range and the value in one line, before a dataset is
+    read or a kernel compiled (the run's folder is not even made)"""
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--out", str(out), f"{flag}={value}"])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists() and time.perf_counter() - t0 < 5
+
+
+def test_flags_checked_against_each_other_the_device_and_the_output_folder(straight, tmp_path, capsys):
+    """Mistakes argparse cannot see alone: one line `error: ...` and exit code 2, before any compile"""
+    ckpt = straight[0] / "ckpt.safetensors"
+    before = ckpt.read_bytes(), ckpt.stat().st_mtime_ns
+    # --resume with --steps at or below the checkpoint's step: nothing to train, and the checkpoint stays as it was
+    for steps in ("20", str(STEPS)):
+        code, err = cli_error(capsys, ["--out", str(straight[0]), "--resume", "--steps", steps])
+        assert code == 2 and f"--steps {steps} is not above the step of {ckpt}, {STEPS}" in err
+    assert (ckpt.read_bytes(), ckpt.stat().st_mtime_ns) == before
+    code, err = cli_error(capsys, TINY + ["--out", str(tmp_path / "a"), "--device", "NOSUCH"])
+    assert code == 2 and "--device NOSUCH: tinygrad has no such backend; devices tinygrad finds here:" in err
+    assert "CPU" in err.split("finds here:")[1]
+    (tmp_path / "file").write_text("x")
+    code, err = cli_error(capsys, TINY + ["--out", str(tmp_path / "file")])
+    assert code == 2 and err.strip() == f"error: --out {tmp_path / 'file'} is a file; give a folder"
+    code, err = cli_error(capsys, TINY + ["--out", str(tmp_path / "b"), "--T", "20", "--sample-steps", "25"])
+    assert code == 2 and "--sample-steps 25 is more than the 20 diffusion timesteps" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_diverging_step_is_never_saved_and_skip_drops_its_update(tmp_path):
+    """lr 1e6 on tokenfree-tiny: steps 1 and 2 are finite (their weights huge), the loss of step 3 is inf. The run
+    stops there with one line naming the step and the learning rate, and the step-2 checkpoint stays byte for byte.
+    With --on-nonfinite skip the bad steps' updates are dropped, counted, and the run ends with the step-2 weights."""
+    diverge = ["--lr", "1e6", "--warmup", "1", "--ckpt-every", "1", "--steps", "5"]
+    seen = {}
+
+    def keep_checkpoint(step, loss):   # runs after the step's checkpoint is written
+        seen[step] = (tmp_path / "stop" / "ckpt.safetensors").read_bytes()
+
+    with pytest.raises(cli.CLIError, match=r"step 3: the loss is inf .*lr 1e\+06\): the training diverged, most "
+                       r"likely the learning rate is too high; stopped without saving it, .*\(step 2\) is kept"):
+        run(tmp_path / "stop", *diverge, callback=keep_checkpoint)
+    assert sorted(seen) == [1, 2] and (tmp_path / "stop" / "ckpt.safetensors").read_bytes() == seen[2]
+    assert [r["step"] for r in read_log(tmp_path / "stop")] == [1, 2]
+
+    summary = run(tmp_path / "skip", *diverge, "--on-nonfinite", "skip")
+    assert summary["step"] == 5 and summary["skipped"] == 3 and not summary["interrupted"]
+    log = read_log(tmp_path / "skip")
+    assert [r.get("skipped", False) for r in log] == [False, False, True, True, True]
+    stopped, _, _ = np_weights.read_file(tmp_path / "stop" / "ckpt.safetensors")
+    skipped, _, meta = np_weights.read_file(tmp_path / "skip" / "ckpt.safetensors")
+    assert meta["step"] == 5 and np.isfinite(meta["loss"])
+    for k in stopped:   # the dropped updates left params, EMA and moments as step 2 had them
+        np.testing.assert_array_equal(skipped[k], stopped[k], err_msg=k)
+
+
+def test_weights_made_nan_by_an_update_with_a_finite_loss_are_not_saved(tmp_path):
+    """lr 1e39 is inf in float32: step 1's loss and gradient are finite, its updated weights are not. The finite
+    check of the weights inside the step refuses it: no checkpoint with NaN weights is written."""
+    with pytest.raises(cli.CLIError, match="step 1: the updated weights hold NaN or inf .* no checkpoint was written"):
+        run(tmp_path, "--lr", "1e39", "--warmup", "0", "--ckpt-every", "1", "--steps", "3")
+    assert not (tmp_path / "ckpt.safetensors").exists()
+
+
+def test_sighup_saves_like_ctrl_c(tmp_path):
+    def hang_up(step, loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    summary = run(tmp_path, "--steps", str(STEPS), callback=hang_up)
+    assert summary["interrupted"] and summary["stopped_by"] == "SIGHUP" and summary["step"] == 3
+    assert np_weights.read_file(tmp_path / "ckpt.safetensors")[2]["step"] == 3
+    assert {s: signal.getsignal(s) for s in before} == before, "the handlers must be restored"
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+    """The signal a timeout, docker stop, Slurm or systemd sends: the step finishes, the checkpoint is saved, the
+    process exits 0 and says how to continue"""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tinygrad_impl.train", *TINY, "--steps", "100000", "--out",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        deadline = time.time() + 600
+        while not ((tmp_path / "log.jsonl").exists() and (tmp_path / "log.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "SIGTERM: saving a checkpoint after this step" in output and "SIGTERM: stopped at step" in output
+    saved = np_weights.read_file(tmp_path / "ckpt.safetensors")[2]["step"]
+    assert 1 <= saved < 100000 and len(read_log(tmp_path)) == saved
+    summary = run(tmp_path, "--steps", str(saved + 2), "--resume")
+    assert summary["start"] == saved and summary["step"] == saved + 2

@@ -1,5 +1,11 @@
-"""Weight files: config round trip, clear errors for foreign or broken files, atomic writes."""
+"""Weight files: config round trip, clear errors for foreign or broken files, atomic writes with the usual
+permissions, NaN refused, a full disk reported in one line."""
+import errno
 import json
+import os
+import resource
+import signal
+import stat
 from dataclasses import replace
 
 import numpy as np
@@ -92,3 +98,59 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     with pytest.raises(ValueError, match="'stem.weight' has shape"):   # checked before anything is written
         W.save_weights(tmp_path / "new.safetensors", bad, CFG)
     assert not (tmp_path / "new.safetensors").exists()
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    """0666 minus the umask, as any new file (0644 under 022), not the 0600 of a temporary file: a checkpoint can be
+    read by the group that shares a run folder"""
+    old = os.umask(0o022)
+    try:
+        a = W.save_weights(tmp_path / "a.safetensors", random_params(CFG), CFG)
+        os.umask(0o027)
+        b = W.save_weights(tmp_path / "b.safetensors", random_params(CFG), CFG)
+        W.save_weights(a, random_params(CFG, 1), CFG)   # replacing a file: the mode of a new one again
+    finally:
+        os.umask(old)
+    assert (stat.S_IMODE(os.stat(a).st_mode), stat.S_IMODE(os.stat(b).st_mode)) == (0o640, 0o640)
+    os.umask(0o022)
+    try:
+        c = W.save_weights(tmp_path / "c.safetensors", random_params(CFG), CFG)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(c).st_mode) == 0o644
+    os.chmod(a, 0o644)
+    assert W.load_weights(a)[1] == CFG
+
+
+def test_nan_and_inf_tensors_are_refused_and_named(tmp_path):
+    path = W.save_weights(tmp_path / "ckpt.safetensors", random_params(CFG, 1), CFG, {"step": 1})
+    before = open(path, "rb").read()
+    p, e = random_params(CFG, 2), random_params(CFG, 3)
+    p["stem.weight"].flat[0] = np.nan
+    e["stem.bias"][:] = np.inf
+    with pytest.raises(ValueError, match=r"refusing to write .*ckpt.safetensors: NaN or inf values in 'stem.weight' "
+                                         r"\(1 of \d+\), 'ema/stem.bias' \(\d+ of \d+\)"):
+        W.save_weights(path, p, CFG, {"step": 2}, ema=e)
+    with pytest.raises(ValueError, match="'opt/m/x'"):
+        TW.save_weights(path, TW.to_tensors(random_params(CFG)), CFG, extra=TW.to_tensors({"opt/m/x": np.full(3, np.nan)}))
+    assert open(path, "rb").read() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ckpt.safetensors"]
+
+
+def test_a_full_disk_leaves_the_previous_file_and_says_so_in_one_line(tmp_path):
+    """A real refusal of the operating system: a file-size limit (RLIMIT_FSIZE) below the checkpoint's size makes
+    the write fail as a full disk does (EFBIG instead of ENOSPC), in safetensors' own writer"""
+    path = W.save_weights(tmp_path / "ckpt.safetensors", random_params(CFG, 1), CFG, {"step": 1})
+    before = open(path, "rb").read()
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, limits[1]))
+    try:
+        with pytest.raises(OSError) as e:
+            W.save_weights(path, random_params(CFG, 2), CFG, {"step": 2})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert str(e.value) == f"cannot write {path}: file too large; the previous file is unchanged"
+    assert e.value.errno == errno.EFBIG
+    assert open(path, "rb").read() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ckpt.safetensors"]

@@ -17,8 +17,8 @@ import argparse
 import json
 import os
 import platform
-import sys
 
+from numpy_ref import cli
 from numpy_ref.configs import get_config, parse_overrides
 from numpy_ref.models import count_macs
 
@@ -64,6 +64,16 @@ def train_one(arch, args):
     out = os.path.join(args.out, arch)
     record_path = os.path.join(out, "train.json")
     record = read_json(record_path) or dict(step=0, sessions=[])
+    ckpt = os.path.join(out, "ckpt.safetensors")
+    if record["step"] < args.steps and os.path.exists(ckpt):
+        from numpy_ref.weights import read_file
+        meta = read_file(ckpt)[2]
+        if meta["step"] >= args.steps:   # the session ended (killed while drawing its last grid) before this record
+            record["sessions"].append(dict(steps=meta["step"] - record["step"], train_s=0.0, steps_per_s=float("nan"),
+                                           loss=meta.get("loss"), batch=args.batch, device=args.device or Device.DEFAULT,
+                                           host=platform.node(), note="time not recorded"))
+            record["step"] = meta["step"]
+            write_json(record_path, record)
     if record["step"] >= args.steps:
         return record
     preset, sets = MATCHED[arch]
@@ -73,7 +83,7 @@ def train_one(arch, args):
     argv += ["--set", *sets] if sets else []
     argv += ["--size", str(args.size)] if args.size else []
     argv += ["--device", args.device] if args.device else []
-    argv += ["--resume"] if os.path.exists(os.path.join(out, "ckpt.safetensors")) else []
+    argv += ["--resume"] if os.path.exists(ckpt) else []
     summary = train.train(train.build_parser().parse_args(argv))
     record["sessions"].append(dict(steps=summary["step"] - summary["start"], train_s=round(summary["train_time"], 1),
                                    steps_per_s=round(summary["steps_per_s"], 3), loss=summary["loss"], batch=args.batch,
@@ -81,6 +91,9 @@ def train_one(arch, args):
     record["step"] = summary["step"]   # the checkpoint's step (a killed session's steps count, not its time)
     os.makedirs(out, exist_ok=True)
     write_json(record_path, record)
+    if summary["interrupted"]:   # Ctrl-C / SIGTERM: train saved its checkpoint; the same command continues it
+        print(f"{summary['stopped_by']}: stopped; run the same command again to continue", flush=True)
+        raise KeyboardInterrupt
     return record
 
 
@@ -155,17 +168,19 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--archs", nargs="+", default=list(MATCHED), choices=list(MATCHED))
     p.add_argument("--data", default="fashion-mnist", help="dataset (MATCHED is sized for 32x32x1: mnist, fashion-mnist)")
-    p.add_argument("--size", type=int, default=None, help="image size of shapes / folder: data")
+    count = cli.positive(int)
+    p.add_argument("--size", type=count, default=None, help="image size of shapes / folder: data")
     p.add_argument("--data-root", default="data")
-    p.add_argument("--steps", type=int, default=4000, help="training steps of every model")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ckpt-every", type=int, default=1000)
-    p.add_argument("--n", type=int, default=5000, help="samples per model (and real reference images)")
+    p.add_argument("--steps", type=count, default=4000, help="training steps of every model")
+    p.add_argument("--batch", type=count, default=128)
+    p.add_argument("--lr", type=cli.positive(float), default=3e-4)
+    p.add_argument("--seed", type=cli.non_negative(int), default=0)
+    p.add_argument("--ckpt-every", type=cli.non_negative(int), default=1000)
+    p.add_argument("--n", type=cli.in_range(int, 2), default=5000, help="samples per model (and real reference images)")
     p.add_argument("--sampler", default="ddim")
-    p.add_argument("--sample-steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=1.0, help="CFG weight of the evaluation samples (1 = none)")
+    p.add_argument("--sample-steps", type=count, default=50)
+    p.add_argument("--guidance", type=cli.non_negative(float), default=1.0, help="CFG weight of the evaluation "
+                   "samples (1 = none)")
     p.add_argument("--features", default=None, help="feature network file (default data/features/<data>.safetensors; "
                    "trained first when missing)")
     p.add_argument("--out", default="runs/compare")
@@ -176,24 +191,24 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        if not args.table:
-            from numpy_ref.data import data_tag
-            if not os.path.exists(features_file(args)):
-                from tinygrad_impl import train_features
-                print(f"no feature network for {data_tag(args.data)} yet: training one", flush=True)
-                train_features.main(["--data", args.data, "--data-root", args.data_root, "--out", features_file(args)]
-                                    + (["--size", str(args.size)] if args.size else [])
-                                    + (["--device", args.device] if args.device else []))
-            for arch in args.archs:
-                print(f"== {arch} ==", flush=True)
-                train_one(arch, args)
-                evaluate_one(arch, args)
-        text = table(args)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    if not args.table:
+        from numpy_ref.data import data_tag
+        from tinygrad_impl.sample import check_device
+        args.device = check_device(args.device)
+        cli.writable_folder(args.out)
+        if not os.path.exists(features_file(args)):
+            from tinygrad_impl import train_features
+            print(f"no feature network for {data_tag(args.data)} yet: training one", flush=True)
+            train_features.main(["--data", args.data, "--data-root", args.data_root, "--out", features_file(args)]
+                                + (["--size", str(args.size)] if args.size else [])
+                                + (["--device", args.device] if args.device else []))
+        for arch in args.archs:
+            print(f"== {arch} ==", flush=True)
+            train_one(arch, args)
+            evaluate_one(arch, args)
+    text = table(args)
     print(text)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -2,7 +2,11 @@
 
     python -m tinygrad_impl.train                          # tokenfree-xs on the built-in shapes, CPU-sized defaults
     python -m tinygrad_impl.train --data fashion-mnist --preset tokenfree-s --steps 20000 --batch 128 --device CUDA
-    python -m tinygrad_impl.train --resume                 # continue runs/<name>/ckpt.safetensors (Ctrl-C saves one)
+    python -m tinygrad_impl.train --resume                 # continue runs/<name>/ckpt.safetensors
+
+Ctrl-C, SIGTERM (timeout, docker stop, Slurm, systemd) and SIGHUP finish the step, save the checkpoint and exit.
+A step whose loss, gradient norm or updated weights are not finite is never saved: the run stops there (the last
+checkpoint stays as it was), or with --on-nonfinite skip that step's update is dropped and training goes on.
 
 Writes runs/<data>-<preset>/: ckpt.safetensors (model, EMA, AdamW state, step, config, data name),
 samples_<step>.png (EMA sample grids, row r = class r), log.jsonl (one line per step).
@@ -15,12 +19,13 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 
 import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit
 
+from numpy_ref import cli
+from numpy_ref.cli import CLIError
 from numpy_ref.configs import PRESETS, get_config, parse_overrides
 from numpy_ref.data import DATASETS, data_tag, load_dataset
 from numpy_ref.sample import grid_cols, save_grid
@@ -29,7 +34,7 @@ from . import weights
 from .adamw import BETAS, adamw_update, new_state, pack_state
 from .beam import use_beam
 from .models import get_model
-from .sample import sample_images
+from .sample import check_device, sample_images
 
 # run settings: a resumed run takes these from the checkpoint (an explicit, different flag is an error).
 # v-prediction and lr 1e-3 rather than DESIGN 4b's eps and 2e-4..3e-4: on the default run, eps gave striped colour
@@ -41,7 +46,10 @@ RUN_DEFAULTS = dict(preset="tokenfree-xs", set=[], prediction="v", data="shapes"
 # the value of a run setting for a checkpoint whose run settings do not name it
 LEGACY_RUN = dict(loss_weight="none")
 # settings that may change between sessions of one run
-SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=3.0)
+SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=3.0,
+                        on_nonfinite="stop")
+# --on-nonfinite skip gives up after this many refused steps in a row: the run does not recover by itself
+MAX_SKIPS_IN_A_ROW = 10
 
 # ----------------------------------------------------------------------------
 # Schedules of the optimiser
@@ -113,25 +121,44 @@ def load_training_state(path, device=None):
 # One training step, jitted
 # ----------------------------------------------------------------------------
 
-def make_train_step(state, cfg, weight_decay=0.0, clip=1.0):
+def make_train_step(state, cfg, weight_decay=0.0, clip=1.0, undo=False):
     """step(xt, t, target, y, lr, decay, bc1, bc2, weight=None) -> (loss, grad_norm): one AdamW update of state in place.
     state comes from pack_state (one flat buffer a part). target is what the model should output (the noise, or v:
     see training_target); weight (B,) scales each sample's squared error (see loss_weight; None: plain mean).
-    Scalars that change (lr, EMA decay, Adam bias corrections) come in as (1,) Tensors so one JIT serves all steps."""
+    Scalars that change (lr, EMA decay, Adam bias corrections) come in as (1,) Tensors so one JIT serves all steps.
+
+    step.finite, a (1,) Tensor the step overwrites, is 1 when the step's loss, gradient norm and updated parameters
+    are all finite, else 0 (one reduction over the parameters; the EMA and Adam moments follow from those three).
+    With undo=True the step first copies the four state buffers, and step.undo() puts them back: the update of a
+    refused step is dropped (--on-nonfinite skip). Without it, a refused step's state must not be used again."""
     model = get_model(cfg.arch)
     # the canonical parameter order, not the dict's: a file loads in sorted order, and the order of the
     # grad-norm sum changes its last bits (so --resume would drift from the straight run once clipping acts)
     params = [state["params"][k] for k in model.param_shapes(cfg)]
+    flat = state["flat"]
+    finite = Tensor.ones(1, device=flat["params"].device).contiguous().realize()
+    backup = {k: v.clone().realize() for k, v in flat.items()} if undo else {}
 
     @TinyJit
     def step(xt, t, target, y, lr, decay, bc1, bc2, weight=None):
+        if undo:
+            Tensor.realize(*[backup[k].assign(flat[k]) for k in backup])
         out = model.forward(state["params"], xt, t, y, cfg)                          # (B, C, H, W)
         err = (out - target).square()
         loss = (err if weight is None else err * weight.reshape(-1, 1, 1, 1)).mean()
         grad_norm = adamw_update(state, loss.gradient(*params), lr, decay, bc1, bc2, weight_decay, clip)
-        Tensor.realize(loss, grad_norm, *state["flat"].values())
+        Tensor.realize(loss, grad_norm, *flat.values())
+        # |x| < inf is False for NaN and for +-inf (x * 0 == 0 would be folded to True by tinygrad's rewrites)
+        ok = (loss.abs() < math.inf) & (grad_norm.abs() < math.inf) & (flat["params"].abs() < math.inf).all()
+        finite.assign(ok.float().reshape(1)).realize()
         return loss, grad_norm
 
+    def restore():
+        if not undo:
+            raise RuntimeError("make_train_step(undo=False) keeps no copy of the state to restore")
+        Tensor.realize(*[flat[k].assign(backup[k]) for k in backup])
+
+    step.finite, step.undo = finite, restore
     return step
 
 
@@ -167,49 +194,65 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m tinygrad_impl.train", description=__doc__.split("\n\n")[0])
     d = {**RUN_DEFAULTS, **SESSION_DEFAULTS}
     h = lambda text, k: f"{text} (default {d[k]})"   # run settings default to None so --resume can tell what was given
+    count, zero_or_more = cli.positive(int), cli.non_negative(int)     # every number is checked before any work
     p.add_argument("--preset", choices=sorted(PRESETS), help=h("model preset", "preset"))
     p.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="change fields of the preset's ModelConfig, "
                    "e.g. --set width=112 depth=9 (matched-size comparisons)")
     p.add_argument("--prediction", choices=("eps", "v"), help=h("what the model learns to output: the noise eps, or "
                    "v = sqrt(abar) eps - sqrt(1 - abar) x0", "prediction"))
     p.add_argument("--data", help=h(f"dataset: {', '.join(DATASETS)}", "data"))
-    p.add_argument("--size", type=int, help="image size of shapes / folder: data (default 32)")
+    p.add_argument("--size", type=count, help="image size of shapes / folder: data (default 32)")
     p.add_argument("--data-root", default="data", help="where real datasets are looked for and downloaded (default data)")
     p.add_argument("--download", action="store_true", help="download a missing dataset (checks its MD5)")
-    p.add_argument("--steps", type=int, help=h("train until this step count (total, also with --resume)", "steps"))
-    p.add_argument("--batch", type=int, help=h("batch size", "batch"))
-    p.add_argument("--lr", type=float, help=h("AdamW learning rate after warm-up", "lr"))
-    p.add_argument("--warmup", type=int, help=h("linear warm-up steps", "warmup"))
-    p.add_argument("--weight-decay", type=float, help=h("AdamW decoupled weight decay", "weight_decay"))
-    p.add_argument("--clip", type=float, help=h("global gradient-norm clip", "clip"))
-    p.add_argument("--ema-decay", type=float, help=h("EMA decay (with warm-up)", "ema_decay"))
-    p.add_argument("--label-drop", type=float, help=h("fraction of labels replaced by the null class (CFG)", "label_drop"))
-    p.add_argument("--seed", type=int, help=h("seed of the init and of every batch", "seed"))
+    p.add_argument("--steps", type=count, help=h("train until this step count (total, also with --resume: above the "
+                   "checkpoint's step)", "steps"))
+    p.add_argument("--batch", type=count, help=h("batch size", "batch"))
+    p.add_argument("--lr", type=cli.positive(float), help=h("AdamW learning rate after warm-up, > 0", "lr"))
+    p.add_argument("--warmup", type=zero_or_more, help=h("linear warm-up steps", "warmup"))
+    p.add_argument("--weight-decay", type=cli.non_negative(float), help=h("AdamW decoupled weight decay, >= 0",
+                   "weight_decay"))
+    p.add_argument("--clip", type=cli.positive(float), help=h("global gradient-norm clip, > 0", "clip"))
+    p.add_argument("--ema-decay", type=cli.in_range(float, 0, 1), help=h("EMA decay in [0, 1] (with warm-up)",
+                   "ema_decay"))
+    p.add_argument("--label-drop", type=cli.in_range(float, 0, 1), help=h("fraction of labels replaced by the null "
+                   "class (CFG), in [0, 1]", "label_drop"))
+    p.add_argument("--seed", type=zero_or_more, help=h("seed of the init and of every batch, >= 0", "seed"))
     p.add_argument("--schedule", choices=("linear", "cosine"), help=h("noise schedule", "schedule"))
     p.add_argument("--loss-weight", choices=LOSS_WEIGHTS, help=h("per-timestep weight of the MSE: none, or min-snr "
                    "(Min-SNR-5, arXiv 2303.09556)", "loss_weight"))
-    p.add_argument("--T", type=int, help=h("diffusion timesteps", "T"))
-    p.add_argument("--sample-every", type=int, help=h("write an EMA sample grid every K steps (0: only at the end)", "sample_every"))
-    p.add_argument("--ckpt-every", type=int, help=h("write the checkpoint every K steps (and at the end)", "ckpt_every"))
-    p.add_argument("--sample-n", type=int, help=h("images in a training sample grid", "sample_n"))
-    p.add_argument("--sample-steps", type=int, help=h("DDIM steps of a training sample grid", "sample_steps"))
-    p.add_argument("--guidance", type=float, help=h("CFG weight of the training sample grids", "guidance"))
+    p.add_argument("--T", type=cli.in_range(int, 2), help=h("diffusion timesteps, >= 2", "T"))
+    p.add_argument("--sample-every", type=zero_or_more, help=h("write an EMA sample grid every K steps (0: only at "
+                   "the end)", "sample_every"))
+    p.add_argument("--ckpt-every", type=zero_or_more, help=h("write the checkpoint every K steps (0: only at the "
+                   "end; always on Ctrl-C, SIGTERM, SIGHUP)", "ckpt_every"))
+    p.add_argument("--sample-n", type=count, help=h("images in a training sample grid", "sample_n"))
+    p.add_argument("--sample-steps", type=count, help=h("DDIM steps of a training sample grid, at most --T",
+                   "sample_steps"))
+    p.add_argument("--guidance", type=cli.non_negative(float), help=h("CFG weight of the training sample grids, >= 0 "
+                   "(1: the conditional model alone, 0: the unconditional one)", "guidance"))
+    p.add_argument("--on-nonfinite", choices=("stop", "skip"), help=h("a step whose loss, gradient norm or updated "
+                   "weights are NaN or inf: stop (nothing of it is saved) or skip (drop its update, go on; counted in "
+                   f"the log; {MAX_SKIPS_IN_A_ROW} in a row stop the run)", "on_nonfinite"))
     p.add_argument("--out", help="output folder (default runs/<data>-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.safetensors")
     p.add_argument("--device", default=None, help="tinygrad device, e.g. CPU, CL, CUDA, METAL (default: DEV or tinygrad's pick)")
-    p.add_argument("--beam", type=int, default=None, help="BEAM-search the kernels with this width (default: the BEAM "
-                   "environment variable, else none); cached on disk, so only the first run pays (docs/speed.md)")
+    p.add_argument("--beam", type=zero_or_more, default=None, help="BEAM-search the kernels with this width (default: "
+                   "the BEAM environment variable, else none); cached on disk, so only the first run pays (docs/speed.md)")
     return p
 
 
 def settle_args(args):
-    """Fill defaults; with --resume take the run settings from the checkpoint. Returns (args, ckpt path or None)."""
+    """Fill defaults; with --resume take the run settings from the checkpoint. Returns (args, ckpt path or None).
+    Checks what argparse cannot (flags against each other and the checkpoint, the device, --out writable) before
+    anything is read or compiled: CLIError or ValueError naming the flag."""
     given = {k for k in RUN_DEFAULTS if getattr(args, k) is not None}
+    steps_given = args.steps is not None
     for k, v in SESSION_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.out is None:
         args.out = os.path.join("runs", f"{data_tag(args.data or RUN_DEFAULTS['data'])}-{args.preset or RUN_DEFAULTS['preset']}")
+    args.device = check_device(args.device)
     ckpt = os.path.join(args.out, "ckpt.safetensors")
     if args.resume:
         if not os.path.exists(ckpt):
@@ -222,6 +265,10 @@ def settle_args(args):
                 raise ValueError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the checkpoint's {run[k]}: "
                                  f"a resumed run keeps its settings (drop the flag, or start a new run with another --out)")
             setattr(args, k, run.get(k, LEGACY_RUN.get(k, RUN_DEFAULTS[k])))
+        saved = int(meta.get("step", 0))
+        if args.steps <= saved:
+            raise CLIError(f"--steps {args.steps}{'' if steps_given else ' (the default)'} is not above the step of "
+                           f"{ckpt}, {saved}: nothing to train; give --steps above {saved} to train on")
     else:
         for k, v in RUN_DEFAULTS.items():
             if getattr(args, k) is None:
@@ -229,32 +276,56 @@ def settle_args(args):
         if os.path.exists(ckpt):
             raise ValueError(f"{ckpt} exists: add --resume to continue it, or choose another --out")
     parse_overrides(args.set)   # a bad --set fails here, before any data is read
-    problems = [f"--{k.replace('_', '-')} must be >= 1" for k in ("steps", "batch", "sample_n", "sample_steps", "T")
-                if getattr(args, k) < 1]
-    problems += [f"--{k.replace('_', '-')} must be >= 0" for k in ("sample_every", "ckpt_every", "warmup") if getattr(args, k) < 0]
-    if not 0 <= args.label_drop < 1:
-        problems.append("--label-drop must be in [0, 1)")
-    if not 0 <= args.ema_decay < 1:
-        problems.append("--ema-decay must be in [0, 1)")
-    if problems:
-        raise ValueError("; ".join(problems))
+    if args.sample_steps > args.T:
+        raise CLIError(f"--sample-steps {args.sample_steps} is more than the {args.T} diffusion timesteps (--T): "
+                       f"give at most {args.T}")
+    cli.writable_folder(args.out)
     return args, (ckpt if args.resume else None)
 
 
 class StopRequest:
-    """First Ctrl-C: finish the step, save, exit. Second Ctrl-C: the usual KeyboardInterrupt."""
+    """Ctrl-C, SIGTERM or SIGHUP: finish the step, save, exit. The same signal again: what it does by default
+    (KeyboardInterrupt for Ctrl-C; the end of the process for the others), without saving."""
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
     def __init__(self):
-        self.requested = False
+        self.requested, self.by, self.old = False, None, {}
+
+    def install(self):
+        """Take over the signals (only the main thread may); restore() gives them back."""
+        if threading_main():
+            self.old = {s: signal.signal(s, self) for s in self.SIGNALS}
+
+    def restore(self):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+        self.old = {}
 
     def __call__(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to quit without saving)", flush=True)
+        self.requested, self.by = True, signal.Signals(signum).name
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        what = "Ctrl-C" if signum == signal.SIGINT else self.by
+        print(f"\n{what}: saving a checkpoint after this step ({what} again quits without saving)", flush=True)
+
+
+class NonFinite(CLIError):
+    """A training step with NaN or inf in its loss, gradient norm or updated weights, phrased for the user."""
+
+
+def nonfinite_message(step, loss, gnorm, lr, saved_at, ckpt):
+    """One line: which step, what was not finite, the likely cause, what was kept, what to do."""
+    what = (f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {gnorm}"
+            if not math.isfinite(gnorm) else "the updated weights hold NaN or inf")
+    kept = (f"{ckpt} (step {saved_at}) is kept as it was" if saved_at is not None else "no checkpoint was written")
+    return (f"step {step}: {what} (loss {loss:.4g}, grad norm {gnorm:.4g}, lr {lr:.3g}): the training diverged, most "
+            f"likely the learning rate is too high; stopped without saving it, {kept}. Lower --lr (or raise --warmup), "
+            "or pass --on-nonfinite skip to drop such steps")
 
 
 def train(args, callback=None):
     """Run (or resume) training as set by the parsed CLI args. Returns a summary dict.
-    callback(step, loss), if given, runs after every step (live plots, tests)."""
+    callback(step, loss), if given, runs after every step that was kept, after its checkpoint and grid if any.
+    A step that is not finite raises NonFinite (a CLIError) with --on-nonfinite stop, after which nothing is saved."""
     from tqdm import tqdm
     args, resume_from = settle_args(args)
     device = args.device
@@ -264,15 +335,14 @@ def train(args, callback=None):
     run = {k: getattr(args, k) for k in RUN_DEFAULTS}
     if resume_from:
         state, cfg, meta = load_training_state(resume_from, device)
-        start = int(meta["step"])
+        start, saved_loss = int(meta["step"]), meta.get("loss")
         if (cfg.img_size, cfg.in_channels, cfg.num_classes) != (H, C, ds.num_classes):
             raise ValueError(f"{resume_from} was trained on {cfg.img_size}x{cfg.img_size}x{cfg.in_channels} images with "
                              f"{cfg.num_classes} classes, but {args.data} gives {H}x{W}x{C} with {ds.num_classes}")
     else:
         cfg = get_config(args.preset, img_size=H, in_channels=C, num_classes=ds.num_classes, prediction=args.prediction,
                          **parse_overrides(args.set))
-        state, start = init_state(cfg, args.seed, device), 0
-    os.makedirs(args.out, exist_ok=True)
+        state, start, saved_loss = init_state(cfg, args.seed, device), 0, None
     ckpt, log_path = os.path.join(args.out, "ckpt.safetensors"), os.path.join(args.out, "log.jsonl")
     keep_log_until(log_path, start)
     n_params = sum(int(np.prod(v.shape)) for v in state["params"].values())
@@ -280,14 +350,18 @@ def train(args, callback=None):
           f"{ds.num_classes or 'no'} classes), batch {args.batch}, steps {start}->{args.steps}, "
           f"device {device or Device.DEFAULT}, out {args.out}", flush=True)
 
-    def meta_at(step, loss):
+    def meta_at(step):
+        # a session that kept no step keeps the loss the checkpoint had
+        loss = mean_tail(losses) if losses else saved_loss
         return dict(step=step, data=args.data, schedule=args.schedule, T=args.T, seed=args.seed, batch=args.batch,
                     preset=args.preset, class_names=list(ds.class_names), loss=loss, run=run)
 
-    step_fn = make_train_step(state, cfg, args.weight_decay, args.clip)
+    skip = args.on_nonfinite == "skip"
+    step_fn = make_train_step(state, cfg, args.weight_decay, args.clip, undo=skip)
     stop = StopRequest()
-    old_handler = signal.signal(signal.SIGINT, stop) if threading_main() else None
+    stop.install()
     losses, step_times, t0, step = [], [], time.perf_counter(), start
+    saved_at, skipped, in_a_row, gave_up = (start if resume_from else None), 0, 0, None
     bar = tqdm(total=args.steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
     try:
         with open(log_path, "a", buffering=1) as log:   # line-buffered: the log is current while training
@@ -303,48 +377,72 @@ def train(args, callback=None):
                                           Tensor(target, device=device),
                                           None if y is None else Tensor(y.astype(np.int32), device=device),
                                           *step_scalars(step, lr, args.ema_decay, device), w)
-                loss, gnorm = float(loss.item()), float(gnorm.item())
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss} at step {step + 1}: lower --lr or check the data")
+                loss, gnorm, finite = float(loss.item()), float(gnorm.item()), step_fn.finite.item() == 1.0
                 step += 1
+                elapsed = time.perf_counter() - t0
+                if not finite:
+                    message = nonfinite_message(step, loss, gnorm, lr, saved_at, ckpt)
+                    if not skip:
+                        raise NonFinite(message)
+                    step_fn.undo()
+                    skipped, in_a_row = skipped + 1, in_a_row + 1
+                    log.write(json.dumps(dict(step=step, skipped=True, loss=finite_or_none(loss),
+                                              grad_norm=finite_or_none(gnorm), lr=lr, time=round(elapsed, 2))) + "\n")
+                    bar.write(f"step {step}: not finite (loss {loss:.4g}, grad norm {gnorm:.4g}): its update is "
+                              f"dropped ({skipped} skipped so far)")
+                    bar.update(1)
+                    if in_a_row >= MAX_SKIPS_IN_A_ROW:   # the state is the last good one again: it is saved below
+                        gave_up = (f"steps {step - in_a_row + 1}-{step} were all not finite (the last: loss {loss:.4g}, "
+                                   f"grad norm {gnorm:.4g}, lr {lr:.3g}): the training diverged, most likely the "
+                                   f"learning rate is too high. Lower --lr (or raise --warmup) and --resume")
+                        break
+                    continue
+                in_a_row = 0
                 losses.append(loss)
                 step_times.append(time.perf_counter() - t_step)
-                elapsed = time.perf_counter() - t0
                 log.write(json.dumps(dict(step=step, loss=round(loss, 6), grad_norm=round(gnorm, 4), lr=lr,
                                           time=round(elapsed, 2))) + "\n")
                 bar.update(1)
                 bar.set_postfix({"loss": f"{np.mean(losses[-50:]):.4f}", "steps/s": f"{steady_rate(step_times):.2f}"})
-                if callback is not None:
-                    callback(step, loss)
                 if args.ckpt_every and step % args.ckpt_every == 0 and step < args.steps:
                     log.flush()
-                    save_checkpoint(ckpt, state, cfg, meta_at(step, mean_tail(losses)))
+                    save_checkpoint(ckpt, state, cfg, meta_at(step))
+                    saved_at = step
                 if args.sample_every and step % args.sample_every == 0 and step < args.steps:
                     path = sample_grid(state["ema"], cfg, sched, os.path.join(args.out, f"samples_{step:06d}.png"),
                                        args.sample_n, args.sample_steps, args.guidance, args.seed, device)
                     bar.write(f"step {step}: loss {mean_tail(losses):.4f}, EMA samples -> {path}")
+                if callback is not None:
+                    callback(step, loss)
     finally:
         bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        stop.restore()
     train_time = time.perf_counter() - t0
-    save_checkpoint(ckpt, state, cfg, meta_at(step, mean_tail(losses)))
+    save_checkpoint(ckpt, state, cfg, meta_at(step))
     summary = dict(step=step, start=start, loss=mean_tail(losses), steps_per_s=steady_rate(step_times),
                    first_step_s=step_times[0] if step_times else 0.0, train_time=train_time, ckpt=ckpt, out=args.out,
-                   interrupted=stop.requested)
+                   interrupted=stop.requested, stopped_by=stop.by, skipped=skipped)
+    skipped_note = f"; {skipped} non-finite steps skipped (their updates dropped)" if skipped else ""
+    if gave_up:
+        raise NonFinite(f"{gave_up}; the state before them is saved in {ckpt} (step {step}){skipped_note}")
     if stop.requested:
-        print(f"stopped at step {step}; checkpoint {ckpt}. Continue with: python -m tinygrad_impl.train --out {args.out} "
-              f"--resume --steps {args.steps}")
+        print(f"{stop.by}: stopped at step {step}{skipped_note}; checkpoint {ckpt}. Continue with: "
+              f"python -m tinygrad_impl.train --out {args.out} --resume --steps {args.steps}")
         return summary
     grid = sample_grid(state["ema"], cfg, sched, os.path.join(args.out, f"samples_{step:06d}.png"),
                        args.sample_n, args.sample_steps, args.guidance, args.seed, device)
     summary["grid"] = grid
-    print(f"done: step {step}, loss {summary['loss']:.4f} (mean of the last {min(len(losses), 50)} steps), "
+    print(f"done: step {step}, loss {summary['loss']:.4f} (mean of the last {min(len(losses), 50)} steps){skipped_note}, "
           f"{summary['steps_per_s']:.2f} steps/s after a first step of {summary['first_step_s']:.0f} s (compiling); "
           f"{train_time / 60:.1f} min in all\n"
           f"checkpoint {ckpt}\nEMA samples {grid} (row r = class r: {', '.join(ds.class_names[:cfg.num_classes])})\n"
           f"sample more: python -m tinygrad_impl.sample --ckpt {ckpt} --out grid.png   (or numpy_ref.sample, NumPy only)")
     return summary
+
+
+def finite_or_none(x):
+    """x for a JSON log, None for NaN and inf (which strict JSON readers refuse)"""
+    return x if math.isfinite(x) else None
 
 
 def steady_rate(step_times):
@@ -374,13 +472,10 @@ def threading_main():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        if args.beam is not None:
-            use_beam(args.beam, args.device)
-        return train(args)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    if args.beam is not None:
+        use_beam(args.beam, check_device(args.device))
+    return train(args)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -10,12 +10,13 @@ the file with NumPy. Every batch of step k comes from np.random.default_rng([see
 """
 import argparse
 import math
-import sys
 import time
 
 import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit
 
+from numpy_ref import cli
+from numpy_ref.cli import CLIError
 from numpy_ref.data import DATASETS, load_dataset
 from . import features as F
 from .adamw import BETAS, adamw_update, new_state
@@ -79,8 +80,10 @@ def accuracy(params, images, labels, batch=256):
 def train(args):
     """Train and save a feature network as set by the parsed CLI args. Returns a summary dict."""
     from tqdm import tqdm
-    check_args(args)
-    device = args.device
+    from .sample import check_device
+    device = args.device = check_device(args.device)
+    out = args.out or F.features_path(args.data, args.size or 32)
+    cli.writable_file(out)
     ds = load_dataset(args.data, "train", root=args.data_root, download=args.download, size=args.size)
     test = load_dataset(args.data, "test", root=args.data_root, download=args.download, size=args.size)
     if ds.num_classes < 2:
@@ -109,8 +112,9 @@ def train(args):
                                 Tensor([1 - BETAS[1] ** (step + 1)], device=device))
         losses.append(float(loss.item()))
         accs.append(float(acc.item()))
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"loss is {losses[-1]} at step {step + 1}: lower --lr")
+        if not math.isfinite(losses[-1]):   # nothing is written: the file would hold NaN weights
+            raise CLIError(f"step {step + 1}: the loss is {losses[-1]}: the training diverged, most likely the "
+                           f"learning rate {args.lr:g} is too high; nothing was written. Lower --lr")
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", acc=f"{np.mean(accs[-50:]):.3f}")
     bar.close()
     train_time = time.perf_counter() - t0
@@ -133,42 +137,29 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = DEFAULTS
     p.add_argument("--data", default="shapes", help=f"dataset: {', '.join(DATASETS)}")
-    p.add_argument("--size", type=int, default=None, help="image size of shapes / folder: data (default 32)")
+    p.add_argument("--size", type=cli.positive(int), default=None, help="image size of shapes / folder: data (default 32)")
     p.add_argument("--data-root", default="data", help="where real datasets are looked for and downloaded")
     p.add_argument("--download", action="store_true", help="download a missing dataset (checks its MD5)")
-    p.add_argument("--steps", type=int, default=d["steps"], help="training steps")
-    p.add_argument("--batch", type=int, default=d["batch"], help="batch size")
-    p.add_argument("--lr", type=float, default=d["lr"], help="peak AdamW learning rate")
-    p.add_argument("--warmup", type=int, default=d["warmup"], help="linear warm-up steps")
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW decoupled weight decay")
-    p.add_argument("--width", type=int, default=d["width"], help="channels of the first conv (features: 8x this)")
-    p.add_argument("--shift", type=int, default=None, help="random translation of up to this many pixels "
-                                                         "(default: 1/16 of the image side, 2 at 32x32, 0 at 8x8)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the init and of every batch")
+    count = cli.positive(int)
+    p.add_argument("--steps", type=count, default=d["steps"], help="training steps")
+    p.add_argument("--batch", type=count, default=d["batch"], help="batch size")
+    p.add_argument("--lr", type=cli.positive(float), default=d["lr"], help="peak AdamW learning rate, > 0")
+    p.add_argument("--warmup", type=cli.non_negative(int), default=d["warmup"], help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=cli.non_negative(float), default=d["weight_decay"],
+                   help="AdamW decoupled weight decay, >= 0")
+    p.add_argument("--width", type=count, default=d["width"], help="channels of the first conv (features: 8x this)")
+    p.add_argument("--shift", type=cli.non_negative(int), default=None, help="random translation of up to this many "
+                   "pixels (default: 1/16 of the image side, 2 at 32x32, 0 at 8x8)")
+    p.add_argument("--seed", type=cli.non_negative(int), default=d["seed"], help="seed of the init and of every batch")
     p.add_argument("--out", default=None, help="file to write (default data/features/<data>.safetensors, "
                                                "<data>-<size> for sizes other than 32)")
     p.add_argument("--device", default=None, help="tinygrad device, e.g. CPU, CL, CUDA, METAL (default: DEV or tinygrad's pick)")
     return p
 
 
-def check_args(args):
-    problems = [f"--{k} must be >= 1" for k in ("steps", "batch", "width") if getattr(args, k) < 1]
-    problems += [f"--{k.replace('_', '-')} must be >= 0" for k in ("warmup", "weight_decay") if getattr(args, k) < 0]
-    if args.shift is not None and args.shift < 0:
-        problems.append("--shift must be >= 0")
-    if args.lr <= 0:
-        problems.append("--lr must be > 0")
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return train(args)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    return train(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
