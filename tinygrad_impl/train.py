@@ -30,8 +30,8 @@ from numpy_ref.configs import PRESETS, get_config, parse_overrides
 from numpy_ref.data import DATASETS, data_tag, load_dataset
 from numpy_ref.sample import grid_cols, save_grid
 from numpy_ref.schedule import LOSS_WEIGHTS, loss_weight, make_schedule, q_sample, training_target
-from . import weights
-from .adamw import BETAS, adamw_update, new_state, pack_state
+from . import parallel, weights
+from .adamw import BETAS, adamw_update, flat_views, new_state, pack_state
 from .beam import use_beam
 from .models import get_model
 from .sample import check_device, sample_images
@@ -180,6 +180,13 @@ def batch_at(step, seed, ds, batch, sched, label_drop, null_class, prediction="e
 # Sample grids during training
 # ----------------------------------------------------------------------------
 
+def ema_for_sampling(state, cfg, devices=None):
+    """The EMA weights as {name: Tensor} on one device: with --devices, a copy of them on the first device"""
+    if not devices:
+        return state["ema"]
+    return flat_views(Tensor(state["flat"]["ema"].numpy(), device=devices[0]), get_model(cfg.arch).param_shapes(cfg))
+
+
 def sample_grid(params, cfg, sched, path, n=36, steps=25, guidance=2.0, seed=0, device=None):
     """DDIM samples of `params` (the EMA copy) as a PNG grid; row r shows class r % num_classes."""
     images = sample_images(params, cfg, sched, n, "ddim", steps, 0.0, seed, guidance, device=device)
@@ -236,6 +243,9 @@ def build_parser():
     p.add_argument("--out", help="output folder (default runs/<data>-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.safetensors")
     p.add_argument("--device", default=None, help="tinygrad device, e.g. CPU, CL, CUDA, METAL (default: DEV or tinygrad's pick)")
+    p.add_argument("--devices", default=None, help="data parallel over these tinygrad devices of one backend, e.g. "
+                   "CUDA:0,CUDA:1 (or CPU:0,CPU:1): the batch is split over them, weights and optimizer state are "
+                   "replicated; the checkpoint is the same file as a one-device run's")
     p.add_argument("--beam", type=zero_or_more, default=None, help="BEAM-search the kernels with this width (default: "
                    "the BEAM environment variable, else none); cached on disk, so only the first run pays (docs/speed.md)")
     return p
@@ -253,6 +263,10 @@ def settle_args(args):
     if args.out is None:
         args.out = os.path.join("runs", f"{data_tag(args.data or RUN_DEFAULTS['data'])}-{args.preset or RUN_DEFAULTS['preset']}")
     args.device = check_device(args.device)
+    if args.devices:
+        if args.device:
+            raise CLIError("give --device or --devices, not both")
+        args.devices = parallel.parse_devices(args.devices)
     ckpt = os.path.join(args.out, "ckpt.safetensors")
     if args.resume:
         if not os.path.exists(ckpt):
@@ -328,7 +342,9 @@ def train(args, callback=None):
     A step that is not finite raises NonFinite (a CLIError) with --on-nonfinite stop, after which nothing is saved."""
     from tqdm import tqdm
     args, resume_from = settle_args(args)
-    device = args.device
+    device, devices = args.device, args.devices
+    if devices:
+        parallel.check_batch(args.batch, devices)
     ds = load_dataset(args.data, "train", root=args.data_root, download=args.download, size=args.size)
     C, H, W = ds.shape
     sched = make_schedule(args.schedule, args.T)
@@ -343,12 +359,16 @@ def train(args, callback=None):
         cfg = get_config(args.preset, img_size=H, in_channels=C, num_classes=ds.num_classes, prediction=args.prediction,
                          **parse_overrides(args.set))
         state, start, saved_loss = init_state(cfg, args.seed, device), 0, None
+    if devices:   # one copy of the state on every device; each step's batch split over them
+        state = parallel.replicate_state(state, get_model(cfg.arch).param_shapes(cfg), devices)
+    put = (lambda a: parallel.shard_batch(Tensor(a, device=devices[0]), devices)) if devices else \
+        (lambda a: Tensor(a, device=device))
     ckpt, log_path = os.path.join(args.out, "ckpt.safetensors"), os.path.join(args.out, "log.jsonl")
     keep_log_until(log_path, start)
     n_params = sum(int(np.prod(v.shape)) for v in state["params"].values())
     print(f"{cfg.arch} ({args.preset}, {n_params / 1e6:.2f}M params) on {ds.name} ({len(ds)} images {C}x{H}x{W}, "
           f"{ds.num_classes or 'no'} classes), batch {args.batch}, steps {start}->{args.steps}, "
-          f"device {device or Device.DEFAULT}, out {args.out}", flush=True)
+          f"device {','.join(devices) if devices else device or Device.DEFAULT}, out {args.out}", flush=True)
 
     def meta_at(step):
         # a session that kept no step keeps the loss the checkpoint had
@@ -370,13 +390,12 @@ def train(args, callback=None):
                 xt, t, target, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop, cfg.null_class,
                                             cfg.prediction)
                 lr = lr_at(step, args.lr, args.warmup)
-                w = None if args.loss_weight == "none" else Tensor(
-                    loss_weight(t, sched, cfg.prediction, args.loss_weight), device=device)
+                w = None if args.loss_weight == "none" else put(loss_weight(t, sched, cfg.prediction, args.loss_weight))
+                scalars = step_scalars(step, lr, args.ema_decay, devices[0] if devices else device)
                 with Context(TRAINING=1):
-                    loss, gnorm = step_fn(Tensor(xt, device=device), Tensor(t.astype(np.float32), device=device),
-                                          Tensor(target, device=device),
-                                          None if y is None else Tensor(y.astype(np.int32), device=device),
-                                          *step_scalars(step, lr, args.ema_decay, device), w)
+                    loss, gnorm = step_fn(put(xt), put(t.astype(np.float32)), put(target),
+                                          None if y is None else put(y.astype(np.int32)),
+                                          *([parallel.replicate(s, devices) for s in scalars] if devices else scalars), w)
                 loss, gnorm, finite = float(loss.item()), float(gnorm.item()), step_fn.finite.item() == 1.0
                 step += 1
                 elapsed = time.perf_counter() - t0
@@ -409,8 +428,9 @@ def train(args, callback=None):
                     save_checkpoint(ckpt, state, cfg, meta_at(step))
                     saved_at = step
                 if args.sample_every and step % args.sample_every == 0 and step < args.steps:
-                    path = sample_grid(state["ema"], cfg, sched, os.path.join(args.out, f"samples_{step:06d}.png"),
-                                       args.sample_n, args.sample_steps, args.guidance, args.seed, device)
+                    path = sample_grid(ema_for_sampling(state, cfg, devices), cfg, sched,
+                                       os.path.join(args.out, f"samples_{step:06d}.png"), args.sample_n,
+                                       args.sample_steps, args.guidance, args.seed, devices[0] if devices else device)
                     bar.write(f"step {step}: loss {mean_tail(losses):.4f}, EMA samples -> {path}")
                 if callback is not None:
                     callback(step, loss)
@@ -429,8 +449,8 @@ def train(args, callback=None):
         print(f"{stop.by}: stopped at step {step}{skipped_note}; checkpoint {ckpt}. Continue with: "
               f"python -m tinygrad_impl.train --out {args.out} --resume --steps {args.steps}")
         return summary
-    grid = sample_grid(state["ema"], cfg, sched, os.path.join(args.out, f"samples_{step:06d}.png"),
-                       args.sample_n, args.sample_steps, args.guidance, args.seed, device)
+    grid = sample_grid(ema_for_sampling(state, cfg, devices), cfg, sched, os.path.join(args.out, f"samples_{step:06d}.png"),
+                       args.sample_n, args.sample_steps, args.guidance, args.seed, devices[0] if devices else device)
     summary["grid"] = grid
     print(f"done: step {step}, loss {summary['loss']:.4f} (mean of the last {min(len(losses), 50)} steps){skipped_note}, "
           f"{summary['steps_per_s']:.2f} steps/s after a first step of {summary['first_step_s']:.0f} s (compiling); "
