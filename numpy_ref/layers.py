@@ -83,7 +83,10 @@ def token_depthwise_conv(x, w, b, hw):
     (H, W), k = hw, w.shape[-1]
     r = k // 2
     xp = np.pad(x.reshape(B, H, W, C), ((0, 0), (r, r), (r, r), (0, 0)))      # (B, H+2r, W+2r, C)
-    y = sum(xp[:, i:i + H, j:j + W] * w[:, 0, i, j] for i in range(k) for j in range(k)) + b   # (B, H, W, C)
+    y = np.zeros((B, H, W, C), np.result_type(x, w)) + b                     # (B, H, W, C)
+    for i in range(k):
+        for j in range(k):
+            y += xp[:, i:i + H, j:j + W] * w[:, 0, i, j]                     # tap (i, j) of every channel
     MACS[0] += y.size * k * k
     return y.reshape(B, L, C)
 
