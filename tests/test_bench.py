@@ -81,3 +81,15 @@ def test_matmul_benchmark_checks_and_times_the_cpu_kernels(capsys):
         assert r["tinygrad"] > 0 and math.isfinite(r["tinygrad"]) and ("torch" in r) == bench.have_torch()
     bench.main(["--matmul", "--device", "CPU", "--no-torch"])
     assert "matmul A^T B, 512x2048 @ 2048x128: tinygrad" in capsys.readouterr().out
+
+
+def test_data_parallel_trainer_starts_at_the_numpy_loss_and_bad_devices_are_refused(capsys):
+    """bench --devices times train --devices' step: on CPU:0,CPU:1 its first loss is the NumPy forward's MSE"""
+    cfg = get_config("tokenfree-tiny", depth=1, img_size=8, num_classes=bench.NUM_CLASSES)
+    params = bench.randomize_output_layers(np_model(cfg.arch).init_params(cfg, 0), cfg)
+    b = bench.bench_batches(cfg, 2, 1)[0]
+    ref = float(np.mean((np_model(cfg.arch).forward(params, *b[:2], b[3], cfg) - b[2]) ** 2))
+    assert abs(bench.tinygrad_trainer(cfg, params, devices=("CPU", "CPU:1"))(b) - ref) < 1e-5 * max(1.0, ref)
+    with pytest.raises(SystemExit):
+        bench.main(["--devices", "CPU:0,CPU:1", "--batch", "5"])
+    assert "--batch 5 does not split over 2 devices" in capsys.readouterr().err

@@ -47,19 +47,27 @@ def bench_batches(cfg, batch, n, seed=0):
             for _ in range(n)]
 
 
-def tinygrad_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device=None):
-    """step(batch) -> loss: one step of tinygrad_impl.train (jitted AdamW, clip, EMA), state updated in place."""
+def tinygrad_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device=None, devices=None):
+    """step(batch) -> loss: one step of tinygrad_impl.train (jitted AdamW, clip, EMA), state updated in place;
+    with devices, data parallel over them as `train --devices` runs it."""
     from tinygrad import Context, Tensor
+    from . import parallel
     from .adamw import new_state
     from .train import make_train_step, step_scalars
-    state = new_state(params, np_model(cfg.arch).param_shapes(cfg), device)
+    shapes = np_model(cfg.arch).param_shapes(cfg)
+    state = new_state(params, shapes, devices[0] if devices else device)
+    if devices:
+        state = parallel.replicate_state(state, shapes, devices)
+    put = (lambda a: parallel.shard_batch(Tensor(a, device=devices[0]), devices)) if devices else \
+        (lambda a: Tensor(a, device=device))
     step_fn, k = make_train_step(state, cfg, 0.0, clip), [0]
 
     def step(b):
         xt, t, noise, y = b
+        scalars = step_scalars(k[0], lr, ema_decay, devices[0] if devices else device)
         with Context(TRAINING=1):
-            loss, _ = step_fn(Tensor(xt, device=device), Tensor(t, device=device), Tensor(noise, device=device),
-                              None if y is None else Tensor(y, device=device), *step_scalars(k[0], lr, ema_decay, device))
+            loss, _ = step_fn(put(xt), put(t), put(noise), None if y is None else put(y),
+                              *([parallel.replicate(s, devices) for s in scalars] if devices else scalars))
         k[0] += 1
         return float(loss.item())
     return step
@@ -91,10 +99,14 @@ def torch_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device="cpu")
     return step
 
 
-def time_training(cfg, batch=32, warmup=3, steps=10, use_torch=True, device=None, seed=0, torch_device="cpu"):
-    """Warm up, then alternate timed steps of tinygrad and PyTorch. Returns a dict of per-step times (s)."""
+def time_training(cfg, batch=32, warmup=3, steps=10, use_torch=True, device=None, seed=0, torch_device="cpu",
+                  devices=None):
+    """Warm up, then alternate timed steps of tinygrad, tinygrad over `devices` (if given) and PyTorch. Returns a
+    dict of per-step times (s)."""
     params = np_model(cfg.arch).init_params(cfg, seed)
     steppers = {"tinygrad": tinygrad_trainer(cfg, params, device=device)}
+    if devices:
+        steppers["devices"] = tinygrad_trainer(cfg, params, devices=devices)
     if use_torch and cfg.arch in TORCH_FORWARDS:
         steppers["torch"] = torch_trainer(cfg, params, device=torch_device)
     batches = bench_batches(cfg, batch, warmup + steps, seed)
@@ -268,7 +280,7 @@ def machine():
 
 def run_benchmark(presets=DEFAULT_PRESETS, batch=32, warmup=3, steps=10, sample_batch=64, sample_steps=50,
                   guidance=1.0, img_size=32, use_torch=None, sample=True, device=None, print_fn=print, torch_device="cpu",
-                  **overrides):
+                  devices=None, **overrides):
     """Measure each preset; print a table as it goes. Returns {preset: dict(train=..., sample=..., params=...)}.
     overrides: ModelConfig fields (tests shrink the model with them)."""
     use_torch = have_torch() if use_torch is None else use_torch
@@ -282,12 +294,16 @@ def run_benchmark(presets=DEFAULT_PRESETS, batch=32, warmup=3, steps=10, sample_
         mirrored = use_torch and cfg.arch in TORCH_FORWARDS
         print_fn(f"\n{name}: {n_params / 1e6:.2f}M params, {img_size}x{img_size}x3, {NUM_CLASSES} classes"
                  + ("" if mirrored or not use_torch else f" (no PyTorch mirror of {cfg.arch})"))
-        train = time_training(cfg, batch, warmup, steps, mirrored, device, torch_device=torch_device)
+        train = time_training(cfg, batch, warmup, steps, mirrored, device, torch_device=torch_device, devices=devices)
         tg = train["tinygrad"]
         line = f"  training step, batch {batch} (median of {steps}): tinygrad {tg['median_s']:.3f} s"
         if "torch" in train:
             line += f", PyTorch ({torch_device}) {train['torch']['median_s']:.3f} s, ratio {tg['median_s'] / train['torch']['median_s']:.2f}x"
         print_fn(line + f"  [tinygrad warm-up incl. compile {tg['warmup_s']:.1f} s]")
+        if "devices" in train:
+            td = train["devices"]
+            print_fn(f"  training step over {','.join(devices)}: {td['median_s']:.3f} s, {tg['median_s'] / td['median_s']:.2f}x "
+                     f"the speed of one device  [warm-up incl. compile {td['warmup_s']:.1f} s]")
         res = dict(params=n_params, train=train)
         if sample:
             backends = ["numpy", "tinygrad"] + (["torch"] if mirrored else [])
@@ -341,6 +357,8 @@ def main(argv=None):
     ap.add_argument("--no-sample", action="store_true", help="training only")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     ap.add_argument("--device", default=None, help="tinygrad device (default: DEV or tinygrad's pick)")
+    ap.add_argument("--devices", default=None, help="also time the training step data parallel over these devices, "
+                    "e.g. CUDA:0,CUDA:1 (as train --devices)")
     ap.add_argument("--torch-device", default="cpu", help="PyTorch's device for the training step, e.g. cuda (with "
                     "--device CUDA); sampling stays on the CPU, so use it with --no-sample")
     ap.add_argument("--threads", type=int, default=None,
@@ -368,6 +386,15 @@ def main(argv=None):
         ap.error("--warmup must be >= 3: TinyJit captures on the second call, so earlier steps include compiling")
     if min(a.batch, a.steps, a.sample_batch, a.sample_steps) < 1:
         ap.error("--batch, --steps, --sample-batch and --sample-steps must be >= 1")
+    devices = None
+    if a.devices:
+        from numpy_ref.cli import CLIError
+        from .parallel import check_batch, parse_devices
+        try:
+            devices = parse_devices(a.devices)
+            check_batch(a.batch, devices)
+        except CLIError as e:
+            ap.error(str(e))
     if a.matmul:
         print(f"machine: {machine()}")
         for (M, K, N, ta), r in time_matmuls(device=a.device, use_torch=have_torch() and not a.no_torch).items():
@@ -378,7 +405,7 @@ def main(argv=None):
         return None
     return run_benchmark(a.presets, a.batch, a.warmup, a.steps, a.sample_batch, a.sample_steps, a.guidance,
                          use_torch=False if a.no_torch else None, sample=not a.no_sample, device=a.device,
-                         torch_device=a.torch_device, **overrides)
+                         torch_device=a.torch_device, devices=devices, **overrides)
 
 
 if __name__ == "__main__":
