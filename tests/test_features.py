@@ -12,19 +12,9 @@ from numpy_ref.configs import PRESETS
 from numpy_ref.layers import linear
 from tinygrad_impl import features as TF
 from tinygrad_impl import train_features
-from util import assert_close, random_params
+from util import assert_close, cli_fails, random_params
 
 CFG = NF.FeatureConfig(img_size=8, in_channels=3, num_classes=5, width=8)
-
-
-def cli_fails(capsys, main, argv):
-    """Run a CLI as `python -m` does (cli.run): it must exit with code 2 and say why on one stderr line."""
-    from numpy_ref import cli
-    with pytest.raises(SystemExit) as e:
-        cli.run(main, argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "Traceback" not in err, err
-    return err.strip().splitlines()[-1]
 
 
 def random_feature_params(cfg, seed=0, dtype=np.float32):

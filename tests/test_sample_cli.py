@@ -8,7 +8,7 @@ from numpy_ref import sample as np_sample
 from numpy_ref import weights as np_weights
 from numpy_ref.configs import get_config
 from tinygrad_impl import sample as tg_sample
-from util import random_params
+from util import cli_fails, random_params
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +25,6 @@ def ckpt(tmp_path_factory):
 def flags(ckpt, out, *extra):
     return ["--ckpt", str(ckpt), "--sampler", "ddim", "--steps", "6", "--n", "4", "--seed", "3",
             "--guidance", "2.0", "--out", str(out), "--npy", str(out.with_suffix(".npy")), *extra]
-
-
-def fails(capsys, main, argv):
-    """Run a CLI the way `python -m` does (cli.run): it must exit with code 2 and say why on one stderr line."""
-    with pytest.raises(SystemExit) as e:
-        cli.run(main, argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "Traceback" not in err, err
-    return err.strip().splitlines()[-1]
 
 
 def test_numpy_and_tinygrad_clis_draw_the_same_grid(ckpt, tmp_path, capsys):
@@ -123,9 +114,9 @@ def test_bad_checkpoints_give_a_clear_error(ckpt, tmp_path, capsys):
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")
     for mod in (np_sample, tg_sample):
         for bad in ("cut", "junk"):
-            line = fails(capsys, mod.main, flags(tmp_path / f"{bad}.safetensors", tmp_path / "x.png"))
+            line = cli_fails(capsys, mod.main, flags(tmp_path / f"{bad}.safetensors", tmp_path / "x.png"))
             assert "truncated or another format" in line
-        assert "no weight file" in fails(capsys, mod.main, flags(tmp_path / "missing.safetensors", tmp_path / "x.png"))
+        assert "no weight file" in cli_fails(capsys, mod.main, flags(tmp_path / "missing.safetensors", tmp_path / "x.png"))
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.npy"))
 
 
@@ -154,12 +145,12 @@ BAD_FLAGS = [
 @pytest.mark.parametrize("mod", [np_sample, tg_sample], ids=["numpy", "tinygrad"])
 @pytest.mark.parametrize("extra, message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
 def test_bad_flags_are_one_line_errors_with_exit_code_2(ckpt, tmp_path, capsys, mod, extra, message):
-    assert message in fails(capsys, mod.main, flags(ckpt, tmp_path / "x.png", *extra))
+    assert message in cli_fails(capsys, mod.main, flags(ckpt, tmp_path / "x.png", *extra))
     assert not (tmp_path / "x.png").exists()
 
 
 def test_an_unknown_device_lists_the_devices_tinygrad_finds(ckpt, tmp_path, capsys):
-    line = fails(capsys, tg_sample.main, flags(ckpt, tmp_path / "x.png", "--device", "NOSUCH"))
+    line = cli_fails(capsys, tg_sample.main, flags(ckpt, tmp_path / "x.png", "--device", "NOSUCH"))
     assert line.startswith("error: --device NOSUCH: tinygrad has no such backend; devices tinygrad finds here: ")
     assert "CPU" in line.split("finds here: ")[1]
     assert tg_sample.check_device("cpu") == "CPU"
@@ -168,7 +159,7 @@ def test_an_unknown_device_lists_the_devices_tinygrad_finds(ckpt, tmp_path, caps
 def test_a_label_for_an_unconditional_model_is_refused(tmp_path, capsys):
     cfg = get_config("tokenfree-tiny", img_size=8, num_classes=0)
     path = np_weights.save_weights(tmp_path / "u.safetensors", random_params(cfg, seed=1), cfg, {})
-    assert "unconditional (no classes); drop --label" in fails(capsys, np_sample.main,
+    assert "unconditional (no classes); drop --label" in cli_fails(capsys, np_sample.main,
                                                                flags(path, tmp_path / "x.png", "--label", "0"))
 
 
@@ -192,7 +183,7 @@ def nan_checkpoint(ckpt, folder, value=np.nan):
 def test_weights_with_nan_or_inf_are_refused_naming_the_tensors(ckpt, tmp_path, capsys, mod):
     for value in (np.nan, np.inf):
         path, names = nan_checkpoint(ckpt, tmp_path, value)
-        line = fails(capsys, mod.main, flags(path, tmp_path / "x.png"))
+        line = cli_fails(capsys, mod.main, flags(path, tmp_path / "x.png"))
         assert f"the raw weights hold NaN or inf in 2 tensors ({names[0]}, {names[1]})" in line, line
         assert not (tmp_path / "x.png").exists()
 
@@ -202,10 +193,10 @@ def test_outputs_are_tried_before_the_checkpoint_is_read(ckpt, tmp_path, capsys,
     """--out a folder or unwritable fails first: with a checkpoint that would fail too, the error is about --out."""
     bad_ckpt, _ = nan_checkpoint(ckpt, tmp_path)
     (tmp_path / "a_file").write_text("")
-    assert f"--out {tmp_path} is a folder; give a file name" in fails(capsys, mod.main, flags(bad_ckpt, tmp_path))
-    line = fails(capsys, mod.main, flags(bad_ckpt, tmp_path / "a_file" / "x.png"))
+    assert f"--out {tmp_path} is a folder; give a file name" in cli_fails(capsys, mod.main, flags(bad_ckpt, tmp_path))
+    line = cli_fails(capsys, mod.main, flags(bad_ckpt, tmp_path / "a_file" / "x.png"))
     assert line.startswith(f"error: cannot create the folder of --out {tmp_path / 'a_file' / 'x.png'}")
-    line = fails(capsys, mod.main, flags(bad_ckpt, tmp_path / "x.png")[:-1] + [str(tmp_path)])
+    line = cli_fails(capsys, mod.main, flags(bad_ckpt, tmp_path / "x.png")[:-1] + [str(tmp_path)])
     assert f"--npy {tmp_path} is a folder; give a file name, e.g. {tmp_path / 'samples.npy'}" in line
 
 

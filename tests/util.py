@@ -1,5 +1,6 @@
 """Helpers shared by the tests: random parameters, tolerance checks, both backends side by side."""
 import numpy as np
+import pytest
 from tinygrad import Tensor
 
 from numpy_ref.models import get_model as np_model
@@ -55,3 +56,14 @@ def assert_close(a, b, atol=ATOL, rtol=RTOL, what=""):
     err = np.abs(a - b)
     bad = err > atol + rtol * np.abs(a)
     assert not bad.any(), f"{what}: max abs diff {err.max():.3g} (at {np.argwhere(bad)[0]}), tolerance {atol} + {rtol}*|ref|"
+
+
+def cli_fails(capsys, main, argv):
+    """Run a CLI as `python -m` does (cli.run): it must exit with code 2 and say why on one stderr line; returns
+    that line."""
+    from numpy_ref import cli
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
