@@ -11,7 +11,6 @@ dataset it was trained on: the file records both, and load_features / check_imag
 """
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -19,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from .layers import conv2d, group_norm, linear, silu
+from .weights import write_atomically
 
 FORMAT = "tokenfree-diffusion/features/1"
 # (channel multiplier of W, stride) of each conv block. Downsampling at every block after the first learns
@@ -152,22 +152,14 @@ def check_params(params, cfg, what="feature network"):
 
 
 def save_features(path, params, cfg, dataset, test_accuracy, meta=None):
-    """Write a feature network atomically; the metadata holds kind "features", the dataset, the test accuracy,
-    the arch spec (FeatureConfig JSON) and `meta` (JSON-able training facts). Returns path."""
+    """Write a feature network atomically (weights.write_atomically: fsynced, the umask's permissions); the metadata
+    holds kind "features", the dataset, the test accuracy, the arch spec (FeatureConfig JSON) and `meta` (JSON-able
+    training facts). Returns path."""
     check_params(params, cfg)
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
     metadata = {"format": FORMAT, "kind": "features", "dataset": str(dataset), "test_accuracy": repr(float(test_accuracy)),
                 "config": cfg.to_json(), "meta": json.dumps(meta or {}, sort_keys=True)}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 

@@ -69,3 +69,12 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
         os.chmod(ro, stat.S_IRUSR | stat.S_IXUSR)
     with pytest.raises(cli.CLIError, match="cannot write --out"):
         cli.writable_file(os.path.join(ro, "grid.png"))
+
+
+def test_an_unknown_DEV_is_named_before_any_work(monkeypatch):
+    from tinygrad_impl.sample import check_device
+    monkeypatch.setenv("DEV", "NOSUCH")
+    with pytest.raises(cli.CLIError, match=r"^DEV=NOSUCH: tinygrad has no such backend; devices tinygrad finds here: .*CPU"):
+        check_device(None)
+    monkeypatch.setenv("DEV", "CPU")
+    assert check_device(None) is None   # a good DEV stays tinygrad's pick

@@ -1,6 +1,7 @@
 """The feature network: NumPy and tinygrad agree, tinygrad's gradient matches finite differences, files both
 ways with clear errors, and the training CLI learns the built-in dataset at 8x8."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -96,6 +97,9 @@ def test_feature_files_both_ways_and_their_errors(tmp_path):
     with safe_open(str(path), "np") as f:
         md = f.metadata()
     assert md["kind"] == "features" and json.loads(md["config"])["width"] == 8
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask   # written like a new file, not safetensors' 0600
 
     # a diffusion checkpoint where a feature network belongs, a truncated file, a missing one, a bad tensor
     mcfg = PRESETS["tokenfree-tiny"]

@@ -4,6 +4,7 @@
         --n 64 --seed 0 --guidance 2.0 --out grid.png [--device CL]
 """
 import math
+import os
 
 import numpy as np
 
@@ -21,10 +22,13 @@ from .weights import to_tensors
 STORAGE = ("DISK", "NPY", "TINYFS")   # tinygrad backends that hold files, not compute
 
 
-def check_device(device):
+def check_device(device, flag="--device "):
     """A --device tinygrad can open, canonical ("cuda" -> "CUDA"); None stays None (tinygrad's pick). CLIError
-    naming the devices tinygrad finds here otherwise (it opens each one it knows; only on this error path)."""
+    naming the devices tinygrad finds here otherwise (it opens each one it knows; only on this error path).
+    With no --device, a DEV in the environment is checked the same way (tinygrad would fail at the first kernel)."""
     if device is None:
+        if os.environ.get("DEV"):
+            check_device(os.environ["DEV"], flag="DEV=")
         return None
     from tinygrad import Device
     name = device.split(":")[0].upper()
@@ -36,7 +40,7 @@ def check_device(device):
         except Exception as e:   # noqa: BLE001  (each backend fails its own way)
             reason = f"it does not open here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     found = ", ".join(Device.get_available_devices()) or "none"
-    raise CLIError(f"--device {device}: {reason}; devices tinygrad finds here: {found}")
+    raise CLIError(f"{flag}{device}: {reason}; devices tinygrad finds here: {found}")
 
 
 def image_batches(params, cfg, sched, n, labels=None, sampler="ddim", steps=50, eta=0.0, seed=0, guidance=1.0,
