@@ -25,6 +25,10 @@ class ModelConfig:
     stride: int = 2               # tokenfree: stem conv stride S; uvit: patch size p
     skips: bool = True            # U-ViT long skips between in-half and out-half blocks
     pos_conv: bool = True         # tokenfree: depthwise 3x3 conv on the MLP hidden map
+    pos_embed: bool = False       # tokenfree ablation: learned absolute positional embedding (1, L, D) after the stem
+    stem_kernel: int = 0          # tokenfree ablation: stem kernel k (0 = S + 2, overlapping; S = non-overlapping patchify)
+    stem_padding: str = "zeros"   # tokenfree ablation: stem padding "zeros" or "circular" (wrap-around: no border cue)
+    share_blocks: bool = False    # tokenfree ablation: one block's weights (blocks.0.*) reused by all N blocks
     # U-Net family (unet, mobile_unet, snapgen_unet, diffit)
     channels: int = 64            # base channel count
     channel_mult: tuple = (1, 2, 2)
@@ -32,7 +36,7 @@ class ModelConfig:
     attn_levels: tuple = (2,)     # resolution levels (0 = full size) that have attention
     window: int = 0               # diffit: attention window w (0 = the whole map)
     groups: int = 8               # GroupNorm groups
-    prediction: str = "eps"       # what the network predicts: "eps", or "v" = sqrt(abar) eps - sqrt(1 - abar) x0
+    prediction: str = "eps"       # what the network predicts: "eps", "v" = sqrt(abar) eps - sqrt(1 - abar) x0, or "flow" = eps - x0 (rectified flow)
     # -- fields of one architecture only (each added under its own marker) --
     # [uvit fields]
     mlp_time_embed: bool = False  # uvit: time token = Linear(D,4D)-SiLU-Linear(4D,D) of the sinusoid (official option, off in every official config)
@@ -60,6 +64,13 @@ class ModelConfig:
                 problems.append(f"heads={self.heads} does not divide width={self.width}; pick heads that divide it")
             if self.img_size % self.stride:
                 problems.append(f"img_size={self.img_size} is not divisible by the stem stride {self.stride}")
+        if self.arch == "tokenfree":
+            k, S = self.stem_kernel, self.stride
+            if k != 0 and (k < S or (k - S) % 2):
+                problems.append(f"stem_kernel={k} must be 0 (= stride + 2) or >= the stride {S} with stem_kernel - stride "
+                                f"even (the padding (k - S) / 2 keeps the map at img_size / stride); e.g. {S} or {S + 2}")
+            if self.stem_padding not in ("zeros", "circular"):
+                problems.append(f"stem_padding={self.stem_padding!r} must be 'zeros' or 'circular'")
         # [uvit checks]
         # [diffit checks]
         if self.arch == "diffit":
@@ -115,8 +126,8 @@ class ModelConfig:
         # [snapgen_unet checks]
         if self.arch == "snapgen_unet" and self.conv_expansion < 1:
             problems.append(f"conv_expansion={self.conv_expansion} must be >= 1")
-        if self.prediction not in ("eps", "v"):
-            problems.append(f"prediction={self.prediction!r} must be 'eps' or 'v'")
+        if self.prediction not in ("eps", "v", "flow"):
+            problems.append(f"prediction={self.prediction!r} must be 'eps' or 'v' (DDPM) or 'flow' (rectified flow)")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
         # JSON gives lists; keep tuples so configs stay hashable and comparable

@@ -5,6 +5,11 @@ fixed size work on that map as a sequence of positions; a linear head and a
 depth-to-space turn it back into an image. No tokenizer, no positional
 embedding: the stem's zero padding (and pos_conv inside each block) tell a
 position where it is.
+
+The paper's design choices are ModelConfig fields for ablations (the defaults
+give the model above): pos_embed, stem_kernel (S: a non-overlapping stem),
+stem_padding ("circular": no border cue), share_blocks (one block's weights
+reused N times), next to pos_conv and skips.
 """
 import numpy as np
 
@@ -16,20 +21,36 @@ from ..layers import (concat, conv2d, depth_to_space, embedding, gelu, layer_nor
 # Parameters
 # ----------------------------------------------------------------------------
 
+def stem_kernel(cfg):
+    """The stem's kernel size k (stem_kernel=0: S + 2, overlapping); its padding is (k - S) // 2, so H/S x W/S out."""
+    return cfg.stem_kernel or cfg.stride + 2
+
+
+def block_prefix(i, cfg):
+    """Where block i's weights live: its own "blocks.i", or with share_blocks the one shared "blocks.0"."""
+    return "blocks.0" if cfg.share_blocks else f"blocks.{i}"
+
+
 def param_shapes(cfg):
     """name -> shape of every parameter; the contract both backends and the weight files follow."""
     D, S, C, hid = cfg.width, cfg.stride, cfg.in_channels, int(cfg.width * cfg.mlp_ratio)
-    shapes = {
-        "stem.weight": (D, C, S + 2, S + 2), "stem.bias": (D,),
+    k = stem_kernel(cfg)
+    shapes = {"stem.weight": (D, C, k, k), "stem.bias": (D,)}
+    if cfg.pos_embed:
+        shapes["pos_embed"] = (1, (cfg.img_size // S) ** 2, D)     # one row per stem position of an img_size image
+    shapes.update({
         "time_embed.0.weight": (D, D), "time_embed.0.bias": (D,),
         "time_embed.2.weight": (D, D), "time_embed.2.bias": (D,),
-    }
+    })
     if cfg.num_classes:
         shapes["label_embed.weight"] = (cfg.num_classes + 1, D)   # last row: the null class
     for i in range(cfg.depth):
         b = f"blocks.{i}"
         if block_kind(i, cfg) == "out":
+            # skip_linear stays per block even with share_blocks: it joins two streams before the block, not part of it
             shapes.update({f"{b}.skip_linear.weight": (D, 2 * D), f"{b}.skip_linear.bias": (D,)})
+        if b != block_prefix(i, cfg):
+            continue                                   # share_blocks: blocks 1..N-1 reuse blocks.0's weights
         shapes.update({
             f"{b}.ada.weight": (6 * D, D), f"{b}.ada.bias": (6 * D,),
             f"{b}.attn.qkv.weight": (3 * D, D), f"{b}.attn.qkv.bias": (3 * D,),
@@ -57,7 +78,8 @@ def block_kind(i, cfg):
 
 def init_params(cfg, seed=0):
     """Fresh parameters (float32): Xavier-uniform weights (the time MLP too), zero biases, adaLN-Zero (modulation
-    and the final linear start at zero, as in DiT), a N(0, 1) class embedding."""
+    and the final linear start at zero, as in DiT), a N(0, 1) class embedding, a N(0, 0.02) pos_embed (ViT/DiT's
+    scale: small next to the O(1) stem output, so the ablation starts close to the model without it)."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(cfg).items():
@@ -68,6 +90,8 @@ def init_params(cfg, seed=0):
         elif name.startswith("label_embed"):
             # N(0, 1) (PyTorch's nn.Embedding default; DiT uses 0.02): the class must reach the adaLN modulation in a short run
             w = rng.standard_normal(shape)
+        elif name == "pos_embed":
+            w = rng.normal(0.0, 0.02, shape)
         else:
             fan_out, fan_in = shape[0] * int(np.prod(shape[2:])), int(np.prod(shape[1:]))
             if name.endswith("pos_conv.weight"):
@@ -111,15 +135,41 @@ def block(p, prefix, h, c, hw, cfg):
     return h
 
 
+def check_image_size(cfg, x_shape):
+    """pos_embed fixes the token count: only img_size x img_size images; circular padding wraps at most once."""
+    H, W = x_shape[2:]
+    if cfg.pos_embed and (H != cfg.img_size or W != cfg.img_size):
+        raise ValueError(f"image size {H}x{W} does not match img_size={cfg.img_size}: pos_embed=True fixes the token "
+                         f"count; resize to {cfg.img_size}x{cfg.img_size} or use pos_embed=False (any size)")
+    pad = (stem_kernel(cfg) - cfg.stride) // 2
+    if cfg.stem_padding == "circular" and pad > min(H, W):
+        raise ValueError(f"image size {H}x{W} is smaller than the stem's circular padding {pad}: it would wrap more "
+                         f"than once; use larger images or a smaller stem_kernel")
+
+
+def stem(p, x, cfg):
+    """The initial convolution: x (B, C, H, W) -> (B, D, H/S, W/S); kernel k, stride S, padding (k - S) // 2 of zeros
+    or wrapped around. pos_conv and final_conv keep their zero padding: the stem_padding ablation is about the stem."""
+    pad = (stem_kernel(cfg) - cfg.stride) // 2
+    if cfg.stem_padding == "circular":
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="wrap")      # (B, C, H+2pad, W+2pad)
+        pad = 0
+    return conv2d(x, p["stem.weight"], p["stem.bias"], stride=cfg.stride, padding=pad)
+
+
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
     """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    Any H, W divisible by the stem stride work: nothing in the model depends on the image size."""
+    Any H, W divisible by the stem stride work: nothing in the model depends on the image size (with pos_embed:
+    H = W = img_size only)."""
     check_inputs(cfg, x, t, y, T=T)
+    check_image_size(cfg, x.shape)
     p, S = params, cfg.stride
     B, C, H, W = x.shape
-    h = conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)           # (B, D, H/S, W/S)
+    h = stem(p, x, cfg)                                                            # (B, D, H/S, W/S)
     hw = h.shape[2:]
     h = h.reshape(B, cfg.width, -1).transpose(0, 2, 1)                             # (B, L, D)
+    if cfg.pos_embed:
+        h = h + p["pos_embed"]                                                     # (B, L, D)
     c = conditioning(p, t, y, cfg, x.dtype)                                        # (B, D)
     skips = []
     for i in range(cfg.depth):
@@ -127,7 +177,7 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
         if kind == "out":
             h = linear(concat([h, skips.pop()], -1),
                        p[f"blocks.{i}.skip_linear.weight"], p[f"blocks.{i}.skip_linear.bias"])   # (B, L, D)
-        h = block(p, f"blocks.{i}", h, c, hw, cfg)
+        h = block(p, block_prefix(i, cfg), h, c, hw, cfg)
         if kind == "in":
             skips.append(h)
     shift, scale = split(linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]), 2)          # 2 x (B, D)

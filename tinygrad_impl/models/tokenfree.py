@@ -2,7 +2,8 @@
 import numpy as np
 
 from numpy_ref.configs import DEFAULT_T, check_inputs
-from numpy_ref.models.tokenfree import block_kind, param_shapes  # noqa: F401  (the shared parameter contract)
+# the shared parameter contract and input checks
+from numpy_ref.models.tokenfree import block_kind, block_prefix, check_image_size, param_shapes, stem_kernel  # noqa: F401
 from numpy_ref.models import tokenfree as _ref
 from ..layers import (concat, conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate, split,
                       multi_head_attention, silu, timestep_embedding, token_depthwise_conv)
@@ -50,15 +51,29 @@ def block(p, prefix, h, c, hw, cfg):
     return h
 
 
+def stem(p, x, cfg):
+    """The initial convolution: x (B, C, H, W) -> (B, D, H/S, W/S); kernel k, stride S, padding (k - S) // 2 of zeros
+    or wrapped around. pos_conv and final_conv keep their zero padding: the stem_padding ablation is about the stem."""
+    pad = (stem_kernel(cfg) - cfg.stride) // 2
+    if cfg.stem_padding == "circular":
+        x = x.pad(((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="circular")      # (B, C, H+2pad, W+2pad)
+        pad = 0
+    return conv2d(x, p["stem.weight"], p["stem.bias"], stride=cfg.stride, padding=pad)
+
+
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
     """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    Any H, W divisible by the stem stride work: nothing in the model depends on the image size."""
+    Any H, W divisible by the stem stride work: nothing in the model depends on the image size (with pos_embed:
+    H = W = img_size only)."""
     check_inputs(cfg, x, t, y, T=T)
+    check_image_size(cfg, x.shape)
     p, S = params, cfg.stride
     B, C, H, W = x.shape
-    h = conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)           # (B, D, H/S, W/S)
+    h = stem(p, x, cfg)                                                            # (B, D, H/S, W/S)
     hw = h.shape[2:]
     h = h.reshape(B, cfg.width, -1).permute(0, 2, 1)                              # (B, L, D)
+    if cfg.pos_embed:
+        h = h + p["pos_embed"]                                                     # (B, L, D)
     c = conditioning(p, t, y, cfg)                                                 # (B, D)
     skips = []
     for i in range(cfg.depth):
@@ -66,7 +81,7 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
         if kind == "out":
             h = linear(concat([h, skips.pop()], -1),
                        p[f"blocks.{i}.skip_linear.weight"], p[f"blocks.{i}.skip_linear.bias"])   # (B, L, D)
-        h = block(p, f"blocks.{i}", h, c, hw, cfg)
+        h = block(p, block_prefix(i, cfg), h, c, hw, cfg)
         if kind == "in":
             skips.append(h)
     shift, scale = split(linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]), 2)          # 2 x (B, D)
