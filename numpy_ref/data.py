@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DATASETS = ("shapes", "mnist", "fashion-mnist", "cifar10", "folder:<path>")
+DATASETS = ("shapes", "captions", "mnist", "fashion-mnist", "cifar10", "folder:<path>")
 SPLITS = ("train", "test")
 SYSTEM_DIRS = ("/usr/share/datasets", "/usr/local/share/datasets")
 
@@ -372,10 +372,13 @@ def load_folder(path, split, size):
 def load_dataset(name="shapes", split="train", root="data", download=False, size=None):
     """A Dataset by name (see DATASETS). size: image size for "shapes" and "folder:" sets (default 32);
     MNIST-like sets and CIFAR-10 are 32x32."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if size is not None and int(size) < 1:
         raise ValueError(f"size must be >= 1, got {size}")
+    if name == "captions":   # shapes with captions (numpy_ref/captions.py); splits train, test, heldout
+        from .captions import load_captioned
+        return load_captioned(split, size or 32)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if name == "shapes":
         return load_shapes(split, size or 32)
     if name.startswith("folder:"):
