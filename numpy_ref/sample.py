@@ -18,7 +18,7 @@ import numpy as np
 
 from . import cli, weights
 from .cli import CLIError
-from .samplers import SAMPLERS, RowNoise, sampling_plan
+from .samplers import SAMPLERS, RowNoise, check_sampler, default_sampler, sampling_plan
 from .samplers import sample as run_sampler
 from .schedule import make_schedule
 
@@ -163,10 +163,12 @@ def sample_batches(sample_batch, n, batch, seed, labels=None, pad=False):
         yield first, images
 
 
-def image_batches(params, cfg, sched, n, labels=None, sampler="ddim", steps=50, eta=0.0, seed=0, guidance=1.0,
+def image_batches(params, cfg, sched, n, labels=None, sampler=None, steps=50, eta=0.0, seed=0, guidance=1.0,
                   batch=64, progress=None):
-    """sample_batches with the NumPy model: (first, images) for images first.. of n; labels (n,) class ids or None."""
+    """sample_batches with the NumPy model: (first, images) for images first.. of n; labels (n,) class ids or None.
+    sampler None: the default of cfg.prediction (ddim, or euler for a flow model)."""
     from .models import get_model
+    sampler = sampler or default_sampler(cfg.prediction)
     model = get_model(cfg.arch)
     eps_fn = lambda x, t, yy: model.forward(params, x, t, yy, cfg, T=sched.T)  # noqa: E731
     shape = (cfg.in_channels, cfg.img_size, cfg.img_size)
@@ -175,7 +177,7 @@ def image_batches(params, cfg, sched, n, labels=None, sampler="ddim", steps=50, 
         prediction=cfg.prediction), n, batch, seed, labels)
 
 
-def sample_images(params, cfg, sched, n, sampler="ddim", steps=50, eta=0.0, seed=0, guidance=1.0, label=None,
+def sample_images(params, cfg, sched, n, sampler=None, steps=50, eta=0.0, seed=0, guidance=1.0, label=None,
                   progress=None, batch=64):
     """n images (n, C, H, W) in [-1, 1] from the NumPy model, `batch` at a time; classes laid out by grid_labels."""
     labels = grid_labels(n, cfg.num_classes, label=label)
@@ -262,14 +264,29 @@ def step_progress(total, desc):
 # CLI (the tinygrad twin adds --device and --beam)
 # ----------------------------------------------------------------------------
 
+SAMPLER_HELP = ("ddim, ddpm or dpmpp2m for an eps or v checkpoint (default ddim); euler or heun (ODE steps) for a "
+                "rectified-flow one (default euler)")
+
+
+def resolve_sampler(sampler, cfg):
+    """--sampler, or the default of the checkpoint's prediction when not given; CLIError when it cannot read it."""
+    sampler = sampler or default_sampler(cfg.prediction)
+    try:
+        check_sampler(sampler, cfg.prediction, "--sampler")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return sampler
+
+
 def build_parser(prog, description):
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--ckpt", required=True, help="checkpoint written by tinygrad_impl.train (or weights.save_weights)")
-    p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
+    p.add_argument("--sampler", default=None, choices=SAMPLERS, help=SAMPLER_HELP)
     p.add_argument("--steps", type=cli.positive(int), default=50,
-                   help="sampling steps, 1..T of the checkpoint (ddpm: any count, the chain is respaced)")
+                   help="sampling steps, 1..T of the checkpoint (ddpm: any count, the chain is respaced; heun calls "
+                   "the model 2 steps - 1 times, the others once a step)")
     p.add_argument("--eta", type=cli.in_range(float, 0, 1), default=0.0,
-                   help="DDIM noise in 0..1: 0 deterministic, 1 DDPM-like (dpmpp2m: 0 only)")
+                   help="DDIM noise in 0..1: 0 deterministic, 1 DDPM-like (dpmpp2m, euler, heun: 0 only)")
     p.add_argument("--n", type=cli.positive(int), default=64, help="number of images")
     p.add_argument("--batch", type=cli.positive(int), default=64,
                    help="images drawn at once (memory grows with it, not with --n; the images do not depend on it)")
@@ -303,13 +320,15 @@ def writable_file_for(flag, path):
 
 
 def check_run(args, cfg, meta, sched):
-    """The flags that depend on the checkpoint, checked before sampling: --steps within T, --eta for dpmpp2m,
+    """The flags that depend on the checkpoint, checked before sampling: --sampler one that reads the model's
+    prediction (args.sampler set to its default when not given), --steps within T, --eta for the ODE solvers,
     --label a class of the model, the grid's size. Returns the class id of --label (or None)."""
+    args.sampler = resolve_sampler(args.sampler, cfg)
     if args.steps > sched.T:
         raise CLIError(f"--steps must be in 1..{sched.T} (the checkpoint's schedule has T = {sched.T}), got {args.steps}")
-    if args.sampler == "dpmpp2m" and args.eta != 0:
-        raise CLIError(f"--eta must be 0 for --sampler dpmpp2m (a deterministic ODE solver), got {args.eta}; "
-                       "use ddim or ddpm for noise")
+    if args.sampler in ("dpmpp2m", "euler", "heun") and args.eta != 0:
+        raise CLIError(f"--eta must be 0 for --sampler {args.sampler} (a deterministic ODE solver), got {args.eta}"
+                       + ("; use ddim or ddpm for noise" if args.sampler == "dpmpp2m" else ""))
     if getattr(args, "upscale", None):
         check_grid_size(args.n, (cfg.in_channels, cfg.img_size, cfg.img_size), args.upscale)
     return resolve_label(getattr(args, "label", None), meta, cfg.num_classes)

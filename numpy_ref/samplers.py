@@ -1,4 +1,5 @@
-"""Samplers: DDPM ancestral, DDIM(eta) and DPM-Solver++(2M), with classifier-free guidance, on any eps predictor.
+"""Samplers: DDPM ancestral, DDIM(eta) and DPM-Solver++(2M) for eps / v models; Euler and Heun ODE steps for
+rectified-flow models; all with classifier-free guidance.
 
 Every sampler is a plan (a list of timesteps with seven step coefficients, made
 once here in float64 and shared with tinygrad_impl) and one update rule,
@@ -26,10 +27,46 @@ DPM-Solver code: on these time-uniform steps it spans a large part of lambda (th
 schedule's lambda goes 1.0 -> 4.6 over t = 111 -> 0), and extrapolating x0 across it
 (r = h_prev / h = 0.21 for 10 steps) made 10-25-step samples of Gaussian data (std 0.3-1)
 worse than DDIM's; first order there, they are better at every step count (tests/test_samplers.py).
+
+Rectified flow (prediction "flow": the model outputs v = eps - x0 on x = (1 - s) x0 + s eps, s = (t + 1) / T,
+numpy_ref/schedule.py) runs the ODE dx/ds = v from s = 1 down to s = 0 through the s of the same timesteps, then 0.
+It is the same step with s0 = 1 - s, s1 = s and x0 = clip(x - s v), so eps' - x0 = (x - x0) / s is v made consistent
+with the clipped x0. Over h = s' - s < 0:
+
+    Euler  x' = x + h v                       a = 1 - s', c = s'   ((1 - s') x0 + s' eps' is x + h v)
+    Heun   x~ = x + h v, then x' = x + h (v + v~) / 2, v~ the velocity at (x~, s')
+
+Heun is two plan entries per step, each one model call: the Euler step to x~ (at t), then at t' the correction
+x' = x~ + h / 2 (v~ - v) = x~ + h / (2 s') (x0_prev - x0) (both v read at x~: v = (x~ - x0_prev) / s'), i.e.
+b = 1, a = -h / (2 s'), d = h / (2 s'). Its last step, into s = 0 (t = -1, which no model takes), is Euler, so
+Heun with `steps` steps calls the model 2 steps - 1 times.
 """
 import numpy as np
 
-SAMPLERS = ("ddim", "ddpm", "dpmpp2m")
+DIFFUSION_SAMPLERS = ("ddim", "ddpm", "dpmpp2m")   # eps and v models
+FLOW_SAMPLERS = ("euler", "heun")                   # flow models
+SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
+
+
+def samplers_for(prediction):
+    """The samplers that can read a model of this prediction; the first is its default."""
+    return FLOW_SAMPLERS if prediction == "flow" else DIFFUSION_SAMPLERS
+
+
+def default_sampler(prediction):
+    """ddim for eps and v models, euler for flow models (one model call per step, as ddim)."""
+    return samplers_for(prediction)[0]
+
+
+def check_sampler(sampler, prediction, what="sampler"):
+    """ValueError when `sampler` is unknown or cannot read a model of `prediction` (a flow model's v is no eps);
+    `what` names it in the message (a CLI: "--sampler")."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler not in samplers_for(prediction):
+        kind = "rectified-flow" if prediction == "flow" else "diffusion"
+        raise ValueError(f"{what} {sampler} does not apply to a {kind} model (prediction {prediction!r}); "
+                         f"choose one of {', '.join(samplers_for(prediction))}")
 
 
 def timesteps(sched, steps):
@@ -44,13 +81,29 @@ def log_snr_half(ab):
     return 0.5 * (np.log(ab) - np.log1p(-ab)) if ab < 1.0 else np.inf
 
 
+def flow_plan(sched, sampler="euler", steps=50):
+    """The plan of a flow sampler (module docstring): Euler, or Heun (an Euler entry and a correction per step)."""
+    ts = timesteps(sched, steps)
+    s = np.append((ts + 1.0) / sched.T, 0.0)            # flow_s of each timestep, then the data at s = 0
+    euler = lambda i: np.array([1 - s[i], s[i], 1 - s[i + 1], 0.0, s[i + 1], 0.0, 0.0])  # noqa: E731
+    plan = []
+    for i, t in enumerate(ts):
+        plan.append((int(t), euler(i)))
+        if sampler == "heun" and i + 1 < len(ts):         # correct at t' = ts[i + 1]
+            h, s1 = s[i + 1] - s[i], s[i + 1]
+            plan.append((int(ts[i + 1]), np.array([1 - s1, s1, -h / (2 * s1), 1.0, 0.0, 0.0, h / (2 * s1)])))
+    return plan
+
+
 def sampling_plan(sched, sampler="ddim", steps=50, eta=0.0):
-    """[(t, coefs)] with coefs = float64 array (s0, s1, a, b, c, sigma, d) per step, t descending.
-    sigma (index 5) scales fresh noise, d (index 6) the previous step's x0."""
+    """[(t, coefs)] with coefs = float64 array (s0, s1, a, b, c, sigma, d) per model call, t descending (a Heun
+    correction repeats the t of the next step). sigma (index 5) scales fresh noise, d (index 6) the previous x0."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if sampler == "dpmpp2m" and eta != 0.0:
-        raise ValueError(f"dpmpp2m is deterministic (an ODE solver): eta must be 0, got {eta}")
+    if sampler in ("dpmpp2m", *FLOW_SAMPLERS) and eta != 0.0:
+        raise ValueError(f"{sampler} is deterministic (an ODE solver): eta must be 0, got {eta}")
+    if sampler in FLOW_SAMPLERS:
+        return flow_plan(sched, sampler, steps)
     ts = timesteps(sched, steps)
     plan = []
     for i, t in enumerate(ts):
@@ -79,10 +132,10 @@ def sampling_plan(sched, sampler="ddim", steps=50, eta=0.0):
 
 def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None, prediction="eps"):
     """One reverse step: x, eps, noise, x0_prev (B, C, H, W), coefs (7,) -> (x at the previous timestep, x0).
-    eps is the model's output: eps, or v when prediction is "v". noise is used when sigma > 0, x0_prev (the x0
-    this returned one step before) when d != 0."""
+    eps is the model's output: eps, or v when prediction is "v" or "flow". noise is used when sigma > 0, x0_prev
+    (the x0 this returned one step before) when d != 0."""
     s0, s1, a, b, c, sigma, d = (float(v) for v in coefs)
-    x0 = s0 * x - s1 * eps if prediction == "v" else (x - s1 * eps) / s0
+    x0 = s0 * x - s1 * eps if prediction == "v" else x - s1 * eps if prediction == "flow" else (x - s1 * eps) / s0
     if clip:
         x0 = np.clip(x0, -1.0, 1.0)
     eps = (x - s0 * x0) / s1
@@ -97,8 +150,8 @@ def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None, prediction=
 
 
 def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
-    """Classifier-free guidance: eps_u + w (eps_c - eps_u), both halves in one batch of 2B (the same for v:
-    eps is affine in v at a fixed x_t, so guiding v guides eps).
+    """Classifier-free guidance: eps_u + w (eps_c - eps_u), both halves in one batch of 2B (the same for v and a
+    flow's v: eps is affine in v at a fixed x_t, so guiding v guides eps).
     eps_fn(x (B,C,H,W), t (B,), y (B,) or None) -> (B,C,H,W); with y None or w == 1 it is called once."""
     B = len(x)
     tt = np.full(B, t, dtype=np.int64)
@@ -136,8 +189,9 @@ def noise_source(seed):
 def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=None, guidance=1.0,
            null_class=None, clip=True, progress=None, prediction="eps"):
     """Draw images (B, C, H, W) in [-1, 1]. Noise comes from noise_source(seed): the initial x_T first, then
-    one draw per step whose sigma > 0, so a seed gives the same images everywhere.
-    progress: optional wrapper over the plan (e.g. tqdm). prediction: what eps_fn returns, "eps" or "v"."""
+    one draw per step whose sigma > 0, so a seed gives the same images everywhere. progress: optional wrapper over
+    the plan (e.g. tqdm). prediction: what eps_fn returns, "eps", "v" or "flow" (check_sampler: which samplers apply)."""
+    check_sampler(sampler, prediction)
     rng = noise_source(seed)
     x = rng.standard_normal(shape).astype(np.float32)
     plan = sampling_plan(sched, sampler, steps, eta)

@@ -43,8 +43,8 @@ def test_bad_schedule_and_sampler_arguments():
         make_schedule("quadratic")
     with pytest.raises(ValueError, match="steps must be in 1..1000"):
         S.sampling_plan(make_schedule(), "ddim", 0)
-    with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of ddim, ddpm, dpmpp2m"):
-        S.sampling_plan(make_schedule(), "euler", 10)
+    with pytest.raises(ValueError, match="unknown sampler 'rk4'; choose one of ddim, ddpm, dpmpp2m, euler, heun"):
+        S.sampling_plan(make_schedule(), "rk4", 10)
     with pytest.raises(ValueError, match="dpmpp2m is deterministic"):
         S.sampling_plan(make_schedule(), "dpmpp2m", 10, eta=1.0)
     c = S.sampling_plan(make_schedule(), "dpmpp2m", 10)[4][1]

@@ -22,7 +22,7 @@ from numpy_ref import features as F
 from numpy_ref import metrics
 from numpy_ref.cli import CLIError
 from numpy_ref.samplers import SAMPLERS
-from numpy_ref.sample import check_run, load_checked, schedule_of, writable_file_for
+from numpy_ref.sample import SAMPLER_HELP, check_run, load_checked, schedule_of, writable_file_for
 
 # ----------------------------------------------------------------------------
 # What is compared
@@ -53,11 +53,12 @@ def sample_labels(n, num_classes):
     return (np.arange(n) % num_classes).astype(np.int64) if num_classes else None
 
 
-def generate(params, cfg, sched, n, sampler="ddim", steps=50, eta=0.0, guidance=1.0, seed=0, batch=250,
+def generate(params, cfg, sched, n, sampler=None, steps=50, eta=0.0, guidance=1.0, seed=0, batch=250,
              use_numpy=False, device=None, progress=None):
     """n samples (n, C, H, W) in [-1, 1] and their class ids (n,) or None, drawn `batch` at a time by the
     image_batches of numpy_ref.sample or its tinygrad twin (which fills the last batch up and cuts it, so one set
-    of kernels serves all). progress: a wrapper over the batches' (first, images) pairs (e.g. tqdm)."""
+    of kernels serves all); sampler None: the default of cfg.prediction. progress: a wrapper over the batches'
+    (first, images) pairs (e.g. tqdm)."""
     labels = sample_labels(n, cfg.num_classes)
     if use_numpy:
         from numpy_ref.sample import image_batches
@@ -176,10 +177,10 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by tinygrad_impl.train (or weights.save_weights)")
     p.add_argument("--n", type=cli.positive(int), default=10000, help="number of samples (and of noise and test images)")
-    p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
+    p.add_argument("--sampler", default=None, choices=SAMPLERS, help=SAMPLER_HELP)
     p.add_argument("--steps", type=cli.positive(int), default=50, help="sampling steps, 1..T of the checkpoint")
     p.add_argument("--eta", type=cli.in_range(float, 0, 1), default=0.0,
-                   help="DDIM noise in 0..1: 0 deterministic, 1 DDPM-like (dpmpp2m: 0 only)")
+                   help="DDIM noise in 0..1: 0 deterministic, 1 DDPM-like (dpmpp2m, euler, heun: 0 only)")
     p.add_argument("--guidance", type=cli.non_negative(float), default=1.0,
                    help="classifier-free guidance weight >= 0: 1 = the conditional model alone (no guidance), "
                    "0 = the unconditional one, > 1 pushes toward the class")

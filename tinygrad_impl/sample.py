@@ -12,7 +12,7 @@ from numpy_ref import cli
 from numpy_ref.cli import CLIError
 from numpy_ref.sample import (build_parser, check_paths, check_run, describe, grid_cols, grid_labels, load_checked,
                               sample_batches, schedule_of, step_progress, write_samples)
-from numpy_ref.samplers import sampling_plan
+from numpy_ref.samplers import default_sampler, sampling_plan
 from .beam import use_beam
 from .models import get_model
 from .samplers import make_step
@@ -43,11 +43,13 @@ def check_device(device, flag="--device "):
     raise CLIError(f"{flag}{device}: {reason}; devices tinygrad finds here: {found}")
 
 
-def image_batches(params, cfg, sched, n, labels=None, sampler="ddim", steps=50, eta=0.0, seed=0, guidance=1.0,
+def image_batches(params, cfg, sched, n, labels=None, sampler=None, steps=50, eta=0.0, seed=0, guidance=1.0,
                   batch=64, progress=None, device=None):
     """numpy_ref.sample.image_batches with the tinygrad model (params: Tensors): every batch has `batch` rows (the
-    last one filled up and cut), so one jitted step serves them all, and image i gets the noise it gets in NumPy."""
+    last one filled up and cut), so one jitted step serves them all, and image i gets the noise it gets in NumPy.
+    sampler None: the default of cfg.prediction (ddim, or euler for a flow model)."""
     model = get_model(cfg.arch)
+    sampler = sampler or default_sampler(cfg.prediction)
     eps_fn = lambda x, t, yy: model.forward(params, x, t, yy, cfg)  # noqa: E731
     shape = (cfg.in_channels, cfg.img_size, cfg.img_size)
     batch = min(batch, n)
@@ -57,7 +59,7 @@ def image_batches(params, cfg, sched, n, labels=None, sampler="ddim", steps=50, 
         device=device, prediction=cfg.prediction, step_fn=step_fn), n, batch, seed, labels, pad=True)
 
 
-def sample_images(params, cfg, sched, n, sampler="ddim", steps=50, eta=0.0, seed=0, guidance=1.0, label=None,
+def sample_images(params, cfg, sched, n, sampler=None, steps=50, eta=0.0, seed=0, guidance=1.0, label=None,
                   progress=None, device=None, batch=64):
     """n images (n, C, H, W) in [-1, 1] (a NumPy array) from the tinygrad model, `batch` at a time; params are
     Tensors."""

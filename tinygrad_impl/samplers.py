@@ -1,18 +1,21 @@
 """Samplers in tinygrad: a port of numpy_ref/samplers.py. The plan (timesteps and step coefficients)
-and every random draw come from numpy_ref, so a seed gives the same images in both backends."""
+and every random draw come from numpy_ref, so a seed gives the same images in both backends. The flow samplers
+(euler, heun) are plans of the same step, with x0 read from a flow's v (numpy_ref/samplers.py docstring)."""
 import numpy as np
 from tinygrad import Tensor, TinyJit
 
 # shared with numpy_ref: the plan, and the noise (RowNoise: one generator per image)
-from numpy_ref.samplers import SAMPLERS, RowNoise, noise_source, sampling_plan, timesteps  # noqa: F401
+from numpy_ref.samplers import (SAMPLERS, RowNoise, check_sampler, default_sampler, noise_source,  # noqa: F401
+                                sampling_plan, samplers_for, timesteps)
 
 
 def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None, prediction="eps"):
     """One reverse step: x, eps, noise, x0_prev (B, C, H, W) Tensors, coefs (7,) Tensor ->
     (x at the previous timestep, x0). coefs is a Tensor so one jitted step serves every timestep and
-    every sampler; noise and x0_prev (the x0 this returned one step before) may be None when sigma, d are 0."""
+    every sampler; noise and x0_prev (the x0 this returned one step before) may be None when sigma, d are 0.
+    eps is the model's output: eps, or v when prediction is "v" or "flow"."""
     s0, s1, a, b, c, sigma, d = (coefs[i] for i in range(7))
-    x0 = s0 * x - s1 * eps if prediction == "v" else (x - s1 * eps) / s0
+    x0 = s0 * x - s1 * eps if prediction == "v" else x - s1 * eps if prediction == "flow" else (x - s1 * eps) / s0
     if clip:
         x0 = x0.clip(-1.0, 1.0)
     eps = (x - s0 * x0) / s1
@@ -51,6 +54,7 @@ def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=No
     """Draw images (B, C, H, W) as a NumPy array; the same draws, in the same order, as numpy_ref.samplers.sample
     (seed: an int or a noise source such as RowNoise). eps_fn(x, t, y) works on Tensors. step_fn: a make_step of
     the same eps_fn, guidance on or off and shape, reused across calls; None makes a new one for this call."""
+    check_sampler(sampler, prediction)
     rng = noise_source(seed)
     x = Tensor(rng.standard_normal(shape).astype(np.float32), device=device).realize()
     plan = sampling_plan(sched, sampler, steps, eta)

@@ -11,7 +11,7 @@ checkpoint stays as it was), or with --on-nonfinite skip that step's update is d
 Writes runs/<data>-<preset>/: ckpt.safetensors (model, EMA, AdamW state, step, config, data name),
 samples_<step>.png (EMA sample grids, row r = class r), log.jsonl (one line per step).
 
-Every random draw of step k (batch indices, t, noise, dropped labels) comes from
+Every random draw of step k (batch indices, t, noise, dropped labels, flips) comes from
 np.random.default_rng([seed, k]), so a resumed run repeats the uninterrupted one exactly.
 """
 import argparse
@@ -29,7 +29,9 @@ from numpy_ref.cli import CLIError
 from numpy_ref.configs import PRESETS, get_config, parse_overrides
 from numpy_ref.data import DATASETS, data_tag, load_dataset
 from numpy_ref.sample import grid_cols, save_grid
-from numpy_ref.schedule import LOSS_WEIGHTS, loss_weight, make_schedule, q_sample, training_target
+from numpy_ref.samplers import default_sampler
+from numpy_ref.schedule import (LOSS_WEIGHTS, PREDICTIONS, TIMESTEP_SAMPLINGS, draw_timesteps, loss_weight,
+                                make_schedule, noisy_sample, training_target)
 from . import parallel, weights
 from .adamw import BETAS, adamw_update, flat_views, new_state, pack_state
 from .beam import use_beam
@@ -42,9 +44,12 @@ from .sample import check_device, sample_images
 # and guidance 3 drew the classes best there (docs/experiments.md)
 RUN_DEFAULTS = dict(preset="tokenfree-xs", set=[], prediction="v", data="shapes", size=None, batch=32, lr=1e-3, warmup=100,
                     weight_decay=0.0, clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000,
-                    loss_weight="min-snr")
+                    loss_weight="min-snr", timestep_sampling="uniform", lr_decay="none", hflip=False)
+# --prediction flow without these flags: rectified flow as SD3 trains it (plain MSE on v, logit-normal t); min-snr
+# would give the pure-noise end s = 1, where sampling starts, weight 0
+FLOW_DEFAULTS = dict(loss_weight="none", timestep_sampling="logit-normal")
 # the value of a run setting for a checkpoint whose run settings do not name it
-LEGACY_RUN = dict(loss_weight="none")
+LEGACY_RUN = dict(loss_weight="none", timestep_sampling="uniform", lr_decay="none", hflip=False)
 # settings that may change between sessions of one run
 SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=3.0,
                         on_nonfinite="stop")
@@ -162,18 +167,22 @@ def make_train_step(state, cfg, weight_decay=0.0, clip=1.0, undo=False):
     return step
 
 
-def batch_at(step, seed, ds, batch, sched, label_drop, null_class, prediction="eps"):
+def batch_at(step, seed, ds, batch, sched, label_drop, null_class, prediction="eps", timestep_sampling="uniform",
+             hflip=False):
     """(xt, t, target, y) of training step `step`, drawn from default_rng([seed, step]); y None if unconditional.
-    target is the noise (prediction "eps") or v."""
+    xt (B, C, H, W) is q_sample's x_t (eps, v) or the flow's (1 - s) x0 + s eps; target the noise (prediction "eps"),
+    v, or the flow's eps - x0. timestep_sampling: draw_timesteps' kind; hflip: each image mirrored left-right with
+    probability 1/2 (drawn last, so a run without it draws what it drew before)."""
     rng = np.random.default_rng([seed, step])
     idx = rng.integers(0, len(ds), batch)
-    t = rng.integers(0, sched.T, batch)
+    t = draw_timesteps(rng, batch, sched.T, timestep_sampling)
     x0 = ds.images[idx]                                                              # (B, C, H, W)
     noise = rng.standard_normal(x0.shape).astype(np.float32)
-    xt = q_sample(x0, t, noise, sched)
     drop = rng.random(batch) < label_drop
+    if hflip:
+        x0 = np.where((rng.random(batch) < 0.5)[:, None, None, None], x0[..., ::-1], x0)
     y = None if not ds.num_classes else np.where(drop, null_class, ds.labels[idx])
-    return xt, t, training_target(x0, t, noise, sched, prediction), y
+    return noisy_sample(x0, t, noise, sched, prediction), t, training_target(x0, t, noise, sched, prediction), y
 
 
 # ----------------------------------------------------------------------------
@@ -188,8 +197,10 @@ def ema_for_sampling(state, cfg, devices=None):
 
 
 def sample_grid(params, cfg, sched, path, n=36, steps=25, guidance=2.0, seed=0, device=None):
-    """DDIM samples of `params` (the EMA copy) as a PNG grid; row r shows class r % num_classes."""
-    images = sample_images(params, cfg, sched, n, "ddim", steps, 0.0, seed, guidance, device=device)
+    """Samples of `params` (the EMA copy) as a PNG grid, by the default sampler of cfg.prediction (ddim, or euler
+    for a flow model: one model call a step either way); row r shows class r % num_classes."""
+    images = sample_images(params, cfg, sched, n, default_sampler(cfg.prediction), steps, 0.0, seed, guidance,
+                           device=device)
     return save_grid(images, path, cols=grid_cols(n), upscale=2)
 
 
@@ -205,8 +216,9 @@ def build_parser():
     p.add_argument("--preset", choices=sorted(PRESETS), help=h("model preset", "preset"))
     p.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="change fields of the preset's ModelConfig, "
                    "e.g. --set width=112 depth=9 (matched-size comparisons)")
-    p.add_argument("--prediction", choices=("eps", "v"), help=h("what the model learns to output: the noise eps, or "
-                   "v = sqrt(abar) eps - sqrt(1 - abar) x0", "prediction"))
+    p.add_argument("--prediction", choices=PREDICTIONS, help=h("what the model learns to output: the noise eps, "
+                   "v = sqrt(abar) eps - sqrt(1 - abar) x0, or flow: rectified flow's velocity eps - x0 on "
+                   "x_t = (1 - s) x0 + s eps, s = (t + 1) / T", "prediction"))
     p.add_argument("--data", help=h(f"dataset: {', '.join(DATASETS)}", "data"))
     p.add_argument("--size", type=count, help="image size of shapes / folder: data (default 32)")
     p.add_argument("--data-root", default="data", help="where real datasets are looked for and downloaded (default data)")
@@ -216,6 +228,8 @@ def build_parser():
     p.add_argument("--batch", type=count, help=h("batch size", "batch"))
     p.add_argument("--lr", type=cli.positive(float), help=h("AdamW learning rate after warm-up, > 0", "lr"))
     p.add_argument("--warmup", type=zero_or_more, help=h("linear warm-up steps", "warmup"))
+    p.add_argument("--lr-decay", choices=("none", "cosine"), help=h("after warm-up: none (constant lr), or cosine "
+                   "(down to 0 at --steps; a resumed run given more --steps stretches the rest)", "lr_decay"))
     p.add_argument("--weight-decay", type=cli.non_negative(float), help=h("AdamW decoupled weight decay, >= 0",
                    "weight_decay"))
     p.add_argument("--clip", type=cli.positive(float), help=h("global gradient-norm clip, > 0", "clip"))
@@ -225,16 +239,22 @@ def build_parser():
                    "class (CFG), in [0, 1]", "label_drop"))
     p.add_argument("--seed", type=zero_or_more, help=h("seed of the init and of every batch, >= 0", "seed"))
     p.add_argument("--schedule", choices=("linear", "cosine"), help=h("noise schedule", "schedule"))
-    p.add_argument("--loss-weight", choices=LOSS_WEIGHTS, help=h("per-timestep weight of the MSE: none, or min-snr "
-                   "(Min-SNR-5, arXiv 2303.09556)", "loss_weight"))
+    flow_h = lambda text, k: f"{text} (default {d[k]}; {FLOW_DEFAULTS[k]} with --prediction flow)"  # noqa: E731
+    p.add_argument("--loss-weight", choices=LOSS_WEIGHTS, help=flow_h("per-timestep weight of the MSE: none, or "
+                   "min-snr (Min-SNR-5, arXiv 2303.09556)", "loss_weight"))
+    p.add_argument("--timestep-sampling", choices=TIMESTEP_SAMPLINGS, help=flow_h("how training draws t: uniform, or "
+                   "logit-normal (SD3: s = sigmoid(n), n ~ N(0, 1); --prediction flow only)", "timestep_sampling"))
+    p.add_argument("--hflip", action="store_true", default=None, help="mirror each training image left-right with "
+                   "probability 1/2, seeded like the noise; not for data whose mirror image is another class "
+                   "(default off)")
     p.add_argument("--T", type=cli.in_range(int, 2), help=h("diffusion timesteps, >= 2", "T"))
     p.add_argument("--sample-every", type=zero_or_more, help=h("write an EMA sample grid every K steps (0: only at "
                    "the end)", "sample_every"))
     p.add_argument("--ckpt-every", type=zero_or_more, help=h("write the checkpoint every K steps (0: only at the "
                    "end; always on Ctrl-C, SIGTERM, SIGHUP)", "ckpt_every"))
     p.add_argument("--sample-n", type=count, help=h("images in a training sample grid", "sample_n"))
-    p.add_argument("--sample-steps", type=count, help=h("DDIM steps of a training sample grid, at most --T",
-                   "sample_steps"))
+    p.add_argument("--sample-steps", type=count, help=h("sampler steps (ddim; euler for flow) of a training sample "
+                   "grid, at most --T", "sample_steps"))
     p.add_argument("--guidance", type=cli.non_negative(float), help=h("CFG weight of the training sample grids, >= 0 "
                    "(1: the conditional model alone, 0: the unconditional one)", "guidance"))
     p.add_argument("--on-nonfinite", choices=("stop", "skip"), help=h("a step whose loss, gradient norm or updated "
@@ -284,9 +304,13 @@ def settle_args(args):
             raise CLIError(f"--steps {args.steps}{'' if steps_given else ' (the default)'} is not above the step of "
                            f"{ckpt}, {saved}: nothing to train; give --steps above {saved} to train on")
     else:
-        for k, v in RUN_DEFAULTS.items():
+        flow = (args.prediction or RUN_DEFAULTS["prediction"]) == "flow"
+        for k, v in {**RUN_DEFAULTS, **(FLOW_DEFAULTS if flow else {})}.items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
+        if args.timestep_sampling != "uniform" and args.prediction != "flow":
+            raise CLIError(f"--timestep-sampling {args.timestep_sampling} is for --prediction flow; "
+                           f"--prediction {args.prediction} trains on uniform t")
         if os.path.exists(ckpt):
             raise ValueError(f"{ckpt} exists: add --resume to continue it, or choose another --out")
     parse_overrides(args.set)   # a bad --set fails here, before any data is read
@@ -388,8 +412,8 @@ def train(args, callback=None):
             while step < args.steps and not stop.requested:
                 t_step = time.perf_counter()
                 xt, t, target, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop, cfg.null_class,
-                                            cfg.prediction)
-                lr = lr_at(step, args.lr, args.warmup)
+                                            cfg.prediction, args.timestep_sampling, args.hflip)
+                lr = lr_at(step, args.lr, args.warmup, args.steps if args.lr_decay == "cosine" else None)
                 w = None if args.loss_weight == "none" else put(loss_weight(t, sched, cfg.prediction, args.loss_weight))
                 scalars = step_scalars(step, lr, args.ema_decay, devices[0] if devices else device)
                 with Context(TRAINING=1):
