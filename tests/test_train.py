@@ -373,18 +373,21 @@ def test_flags_checked_against_each_other_the_device_and_the_output_folder(strai
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_a_diverging_step_is_never_saved_and_skip_drops_its_update(tmp_path):
-    """lr 1e6 on tokenfree-tiny: steps 1 and 2 are finite (their weights huge), the loss of step 3 is inf. The run
-    stops there with one line naming the step and the learning rate, and the step-2 checkpoint stays byte for byte.
-    With --on-nonfinite skip the bad steps' updates are dropped, counted, and the run ends with the step-2 weights."""
-    diverge = ["--lr", "1e6", "--warmup", "1", "--ckpt-every", "1", "--steps", "5"]
+def test_a_diverging_step_is_never_saved_and_skip_drops_its_update(tmp_path, monkeypatch):
+    """Two good steps, then lr 1e6 from step 3 on: step 3's loss and weights are finite but the update multiplies the
+    weights' norm. The run stops there with one line naming the step, the norms and the learning rate, and the step-2
+    checkpoint stays byte for byte. With --on-nonfinite skip the bad steps' updates are dropped, counted, and the run
+    ends with the step-2 weights."""
+    monkeypatch.setattr(train, "lr_at", lambda step, lr, warmup, cosine_steps=None: 1e-3 if step < 2 else 1e6)
+    diverge = ["--ckpt-every", "1", "--steps", "5"]
     seen = {}
 
     def keep_checkpoint(step, loss):   # runs after the step's checkpoint is written
         seen[step] = (tmp_path / "stop" / "ckpt.safetensors").read_bytes()
 
-    with pytest.raises(cli.CLIError, match=r"step 3: the loss is inf .*lr 1e\+06\): the training diverged, most "
-                       r"likely the learning rate is too high; stopped without saving it, .*\(step 2\) is kept"):
+    with pytest.raises(cli.CLIError, match=r"step 3: the update grew the weights' norm from \S+ to \S+e\+\d\d \(loss .*lr "
+                       r"1e\+06\): the training diverged, most likely the learning rate is too high; stopped without "
+                       r"saving it, .*\(step 2\) is kept"):
         run(tmp_path / "stop", *diverge, callback=keep_checkpoint)
     assert sorted(seen) == [1, 2] and (tmp_path / "stop" / "ckpt.safetensors").read_bytes() == seen[2]
     assert [r["step"] for r in read_log(tmp_path / "stop")] == [1, 2]
@@ -398,6 +401,15 @@ def test_a_diverging_step_is_never_saved_and_skip_drops_its_update(tmp_path):
     assert meta["step"] == 5 and np.isfinite(meta["loss"])
     for k in stopped:   # the dropped updates left params, EMA and moments as step 2 had them
         np.testing.assert_array_equal(skipped[k], stopped[k], err_msg=k)
+    assert max(np.abs(v).max() for v in skipped.values()) < 100   # nothing huge was saved
+
+
+def test_an_lr_of_1e6_from_the_first_step_saves_nothing(tmp_path):
+    """The probe of the issue: --lr 1e6 --warmup 1 --ckpt-every 1. Step 1's update is refused (the weights' norm
+    would grow ~1e7-fold): no checkpoint is written at all."""
+    with pytest.raises(cli.CLIError, match="step 1: the update grew the weights' norm .* no checkpoint was written"):
+        run(tmp_path, "--lr", "1e6", "--warmup", "1", "--ckpt-every", "1", "--steps", "3")
+    assert not (tmp_path / "ckpt.safetensors").exists()
 
 
 def test_weights_made_nan_by_an_update_with_a_finite_loss_are_not_saved(tmp_path):

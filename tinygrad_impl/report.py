@@ -21,14 +21,15 @@ import time
 import numpy as np
 
 
-def measure(preset, img_size, channels, num_classes, batch):
-    """Measure one preset in this process; returns a dict of numbers. The training step is train.py's own
-    (make_train_step: the run defaults' prediction and loss weighting, AdamW of adamw.py, clip, EMA, one TinyJit)."""
+def measure(preset, img_size, channels, num_classes, batch, sets=(), step=True):
+    """Measure one preset (with --set overrides `sets`) in this process; returns a dict of numbers. The training step
+    is train.py's own (make_train_step: the run defaults' prediction and loss weighting, AdamW of adamw.py, clip, EMA,
+    one TinyJit); step=False measures the forward only."""
     from tinygrad import Context, GlobalCounters, Tensor
     from tinygrad.uop.ops import Ops
     from tinygrad.engine import realize
 
-    from numpy_ref.configs import get_config
+    from numpy_ref.configs import get_config, parse_overrides
     from numpy_ref.models import count_macs
     from numpy_ref.schedule import loss_weight, make_schedule
     from tinygrad_impl.models import get_model
@@ -36,7 +37,7 @@ def measure(preset, img_size, channels, num_classes, batch):
 
     run = RUN_DEFAULTS
     cfg = get_config(preset, img_size=img_size, in_channels=channels, num_classes=num_classes,
-                     prediction=run["prediction"])
+                     prediction=run["prediction"], **parse_overrides(list(sets)))
     model = get_model(cfg.arch)
     n_params, macs = count_macs(cfg)
     state = init_state(cfg, 0)
@@ -76,6 +77,9 @@ def measure(preset, img_size, channels, num_classes, batch):
 
     fwd_kernels, fwd_launches, fwd_compile = counted(lambda: model.forward(p, xb, tb, yb, cfg).realize())
     fwd_time = counted(lambda: model.forward(p, xb, tb, yb, cfg).realize())[2]
+    if not step:
+        return dict(preset=preset, arch=cfg.arch, params=n_params, macs=macs, fwd_kernels=fwd_kernels,
+                    fwd_launches=fwd_launches, fwd_compile_s=fwd_compile, fwd_s=fwd_time)
 
     step_kernels, step_launches, step_compile = counted(step)
     counted(step)                                                         # the JIT captures on its second call
@@ -110,13 +114,16 @@ def main(argv=None):
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8, help="batch of the forward and of train.py's training step (default 8)")
     ap.add_argument("--device", default=None, help="tinygrad device (CPU, CL, CUDA, METAL); default: DEV or CPU")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="change fields of every preset's ModelConfig")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)   # internal: measure one preset, print JSON
+    ap.add_argument("--forward-only", action="store_true", help=argparse.SUPPRESS)   # internal, with --one
     args = ap.parse_args(argv)
     unknown = [p for p in args.presets if p not in PRESETS]
     if unknown:
         ap.error(f"unknown presets {unknown}; choose from {', '.join(sorted(PRESETS))}")
     if args.one:
-        print(json.dumps(measure(args.presets[0], args.img_size, args.channels, args.num_classes, args.batch)))
+        print(json.dumps(measure(args.presets[0], args.img_size, args.channels, args.num_classes, args.batch, args.set,
+                                 step=not args.forward_only)))
         return
     env = dict(os.environ, CACHELEVEL="0", DEV=args.device or os.environ.get("DEV", "CPU"))
     rows = []
@@ -124,6 +131,7 @@ def main(argv=None):
         print(f"measuring {preset} ...", file=sys.stderr, flush=True)
         cmd = [sys.executable, "-m", "tinygrad_impl.report", "--one", "--presets", preset, "--img-size", str(args.img_size),
                "--channels", str(args.channels), "--num-classes", str(args.num_classes), "--batch", str(args.batch)]
+        cmd += ["--set", *args.set] if args.set else []
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode:
             print(f"{preset} failed:\n{out.stderr[-2000:]}", file=sys.stderr)

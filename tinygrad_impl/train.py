@@ -55,6 +55,9 @@ SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=3
                         on_nonfinite="stop")
 # --on-nonfinite skip gives up after this many refused steps in a row: the run does not recover by itself
 MAX_SKIPS_IN_A_ROW = 10
+# a step that grows the weights' norm past this factor has diverged even if every number is finite: AdamW moves each
+# weight by about lr, so a healthy step changes the norm by well under 1%, and lr 1e6 multiplies it by ~1e7
+MAX_NORM_GROWTH = 2.0
 
 # ----------------------------------------------------------------------------
 # Schedules of the optimiser
@@ -133,7 +136,8 @@ def make_train_step(state, cfg, weight_decay=0.0, clip=1.0, undo=False):
     Scalars that change (lr, EMA decay, Adam bias corrections) come in as (1,) Tensors so one JIT serves all steps.
 
     step.finite, a (1,) Tensor the step overwrites, is 1 when the step's loss, gradient norm and updated parameters
-    are all finite, else 0 (one reduction over the parameters; the EMA and Adam moments follow from those three).
+    are all finite and the update grew the weights' norm by less than MAX_NORM_GROWTH, else 0 (the EMA and Adam
+    moments follow from those); step.norms (2,) holds the weights' norm before and after the update.
     With undo=True the step first copies the four state buffers, and step.undo() puts them back: the update of a
     refused step is dropped (--on-nonfinite skip). Without it, a refused step's state must not be used again."""
     model = get_model(cfg.arch)
@@ -142,20 +146,24 @@ def make_train_step(state, cfg, weight_decay=0.0, clip=1.0, undo=False):
     params = [state["params"][k] for k in model.param_shapes(cfg)]
     flat = state["flat"]
     finite = Tensor.ones(1, device=flat["params"].device).contiguous().realize()
+    norms = Tensor.zeros(2, device=flat["params"].device).contiguous().realize()
     backup = {k: v.clone().realize() for k, v in flat.items()} if undo else {}
 
     @TinyJit
     def step(xt, t, target, y, lr, decay, bc1, bc2, weight=None):
         if undo:
             Tensor.realize(*[backup[k].assign(flat[k]) for k in backup])
+        before = flat["params"].square().sum().sqrt().realize()                       # the norm before the update
         out = model.forward(state["params"], xt, t, y, cfg)                          # (B, C, H, W)
         err = (out - target).square()
         loss = (err if weight is None else err * weight.reshape(-1, 1, 1, 1)).mean()
         grad_norm = adamw_update(state, loss.gradient(*params), lr, decay, bc1, bc2, weight_decay, clip)
         Tensor.realize(loss, grad_norm, *flat.values())
         # |x| < inf is False for NaN and for +-inf (x * 0 == 0 would be folded to True by tinygrad's rewrites)
-        ok = (loss.abs() < math.inf) & (grad_norm.abs() < math.inf) & (flat["params"].abs() < math.inf).all()
-        finite.assign(ok.float().reshape(1)).realize()
+        after = flat["params"].square().sum().sqrt()
+        ok = (loss.abs() < math.inf) & (grad_norm.abs() < math.inf) & (flat["params"].abs() < math.inf).all() & \
+            (after < MAX_NORM_GROWTH * before)
+        Tensor.realize(finite.assign(ok.float().reshape(1)), norms.assign(before.reshape(1).cat(after.reshape(1))))
         return loss, grad_norm
 
     def restore():
@@ -163,7 +171,7 @@ def make_train_step(state, cfg, weight_decay=0.0, clip=1.0, undo=False):
             raise RuntimeError("make_train_step(undo=False) keeps no copy of the state to restore")
         Tensor.realize(*[flat[k].assign(backup[k]) for k in backup])
 
-    step.finite, step.undo = finite, restore
+    step.finite, step.norms, step.undo = finite, norms, restore
     return step
 
 
@@ -225,6 +233,9 @@ def build_parser():
     p.add_argument("--download", action="store_true", help="download a missing dataset (checks its MD5)")
     p.add_argument("--steps", type=count, help=h("train until this step count (total, also with --resume: above the "
                    "checkpoint's step)", "steps"))
+    p.add_argument("--minutes", type=cli.positive(float), default=None, help="also stop after this many wall-clock "
+                   "minutes of this session (compile included): an equal-time budget; the checkpoint and the final "
+                   "grid are written as at --steps")
     p.add_argument("--batch", type=count, help=h("batch size", "batch"))
     p.add_argument("--lr", type=cli.positive(float), help=h("AdamW learning rate after warm-up, > 0", "lr"))
     p.add_argument("--warmup", type=zero_or_more, help=h("linear warm-up steps", "warmup"))
@@ -350,10 +361,13 @@ class NonFinite(CLIError):
     """A training step with NaN or inf in its loss, gradient norm or updated weights, phrased for the user."""
 
 
-def nonfinite_message(step, loss, gnorm, lr, saved_at, ckpt):
-    """One line: which step, what was not finite, the likely cause, what was kept, what to do."""
+def nonfinite_message(step, loss, gnorm, lr, saved_at, ckpt, norms=(1.0, 1.0)):
+    """One line: which step, what was not finite (or what grew: norms = the weights' norm before and after), the
+    likely cause, what was kept, what to do."""
+    before, after = norms
     what = (f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {gnorm}"
-            if not math.isfinite(gnorm) else "the updated weights hold NaN or inf")
+            if not math.isfinite(gnorm) else "the updated weights hold NaN or inf" if not math.isfinite(after)
+            else f"the update grew the weights' norm from {before:.4g} to {after:.4g}")
     kept = (f"{ckpt} (step {saved_at}) is kept as it was" if saved_at is not None else "no checkpoint was written")
     return (f"step {step}: {what} (loss {loss:.4g}, grad norm {gnorm:.4g}, lr {lr:.3g}): the training diverged, most "
             f"likely the learning rate is too high; stopped without saving it, {kept}. Lower --lr (or raise --warmup), "
@@ -405,11 +419,12 @@ def train(args, callback=None):
     stop = StopRequest()
     stop.install()
     losses, step_times, t0, step = [], [], time.perf_counter(), start
+    out_of_time = lambda: args.minutes is not None and time.perf_counter() - t0 >= 60 * args.minutes  # noqa: E731
     saved_at, skipped, in_a_row, gave_up = (start if resume_from else None), 0, 0, None
     bar = tqdm(total=args.steps, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
     try:
         with open(log_path, "a", buffering=1) as log:   # line-buffered: the log is current while training
-            while step < args.steps and not stop.requested:
+            while step < args.steps and not stop.requested and not out_of_time():
                 t_step = time.perf_counter()
                 xt, t, target, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop, cfg.null_class,
                                             cfg.prediction, args.timestep_sampling, args.hflip)
@@ -424,18 +439,18 @@ def train(args, callback=None):
                 step += 1
                 elapsed = time.perf_counter() - t0
                 if not finite:
-                    message = nonfinite_message(step, loss, gnorm, lr, saved_at, ckpt)
+                    message = nonfinite_message(step, loss, gnorm, lr, saved_at, ckpt, step_fn.norms.tolist())
                     if not skip:
                         raise NonFinite(message)
                     step_fn.undo()
                     skipped, in_a_row = skipped + 1, in_a_row + 1
                     log.write(json.dumps(dict(step=step, skipped=True, loss=finite_or_none(loss),
                                               grad_norm=finite_or_none(gnorm), lr=lr, time=round(elapsed, 2))) + "\n")
-                    bar.write(f"step {step}: not finite (loss {loss:.4g}, grad norm {gnorm:.4g}): its update is "
-                              f"dropped ({skipped} skipped so far)")
+                    bar.write(f"step {step}: {message.split(': ', 1)[1].split(' (loss')[0]} (loss {loss:.4g}, grad norm "
+                              f"{gnorm:.4g}): its update is dropped ({skipped} skipped so far)")
                     bar.update(1)
                     if in_a_row >= MAX_SKIPS_IN_A_ROW:   # the state is the last good one again: it is saved below
-                        gave_up = (f"steps {step - in_a_row + 1}-{step} were all not finite (the last: loss {loss:.4g}, "
+                        gave_up = (f"steps {step - in_a_row + 1}-{step} were all refused (the last: loss {loss:.4g}, "
                                    f"grad norm {gnorm:.4g}, lr {lr:.3g}): the training diverged, most likely the "
                                    f"learning rate is too high. Lower --lr (or raise --warmup) and --resume")
                         break
@@ -465,7 +480,8 @@ def train(args, callback=None):
     save_checkpoint(ckpt, state, cfg, meta_at(step))
     summary = dict(step=step, start=start, loss=mean_tail(losses), steps_per_s=steady_rate(step_times),
                    first_step_s=step_times[0] if step_times else 0.0, train_time=train_time, ckpt=ckpt, out=args.out,
-                   interrupted=stop.requested, stopped_by=stop.by, skipped=skipped)
+                   interrupted=stop.requested, stopped_by=stop.by, skipped=skipped,
+                   out_of_time=step < args.steps and not stop.requested and not gave_up)
     skipped_note = f"; {skipped} non-finite steps skipped (their updates dropped)" if skipped else ""
     if gave_up:
         raise NonFinite(f"{gave_up}; the state before them is saved in {ckpt} (step {step}){skipped_note}")
@@ -476,6 +492,8 @@ def train(args, callback=None):
     grid = sample_grid(ema_for_sampling(state, cfg, devices), cfg, sched, os.path.join(args.out, f"samples_{step:06d}.png"),
                        args.sample_n, args.sample_steps, args.guidance, args.seed, devices[0] if devices else device)
     summary["grid"] = grid
+    if summary["out_of_time"]:
+        print(f"--minutes {args.minutes:g}: the time is up at step {step} of {args.steps}")
     print(f"done: step {step}, loss {summary['loss']:.4f} (mean of the last {min(len(losses), 50)} steps){skipped_note}, "
           f"{summary['steps_per_s']:.2f} steps/s after a first step of {summary['first_step_s']:.0f} s (compiling); "
           f"{train_time / 60:.1f} min in all\n"
