@@ -37,6 +37,12 @@ class ModelConfig:
     window: int = 0               # diffit: attention window w (0 = the whole map)
     groups: int = 8               # GroupNorm groups
     prediction: str = "eps"       # what the network predicts: "eps", "v" = sqrt(abar) eps - sqrt(1 - abar) x0, or "flow" = eps - x0 (rectified flow)
+    # text conditioning (every architecture; DESIGN.md 3.1 item 5): y is then (B, L) token ids of a prompt, PAD = 0
+    text_vocab: int = 0           # 0: no text (class ids or unconditional); else the vocabulary size (ids 0..n-1)
+    text_len: int = 16            # the longest prompt, in tokens (captions.MAX_LEN); shorter ones are PAD-padded to it
+    text_width: int = 64          # the text encoder's width D_txt (its transformer: text_depth layers, text_heads heads)
+    text_depth: int = 2
+    text_heads: int = 4
     # -- fields of one architecture only (each added under its own marker) --
     # [uvit fields]
     mlp_time_embed: bool = False  # uvit: time token = Linear(D,4D)-SiLU-Linear(4D,D) of the sinusoid (official option, off in every official config)
@@ -57,6 +63,16 @@ class ModelConfig:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if self.num_classes < 0:
             problems.append(f"num_classes={self.num_classes} must be >= 0 (0 means unconditional)")
+        for name in ("text_len", "text_width", "text_depth", "text_heads"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.text_vocab < 0 or self.text_vocab == 1:
+            problems.append(f"text_vocab={self.text_vocab} must be 0 (no text) or the vocabulary size >= 2 (PAD and a word)")
+        if self.text_vocab and self.num_classes:
+            problems.append(f"text_vocab={self.text_vocab} and num_classes={self.num_classes} are exclusive: a model is "
+                            f"conditioned on prompts (text_vocab > 0) or on class ids (num_classes > 0); set one to 0")
+        if self.text_vocab and self.text_heads >= 1 and self.text_width % self.text_heads:
+            problems.append(f"text_heads={self.text_heads} does not divide text_width={self.text_width}")
         if self.mlp_ratio <= 0:
             problems.append(f"mlp_ratio={self.mlp_ratio} must be > 0")
         if self.arch in ("tokenfree", "uvit"):
@@ -229,6 +245,8 @@ def check_inputs(cfg, x, t, y=None, multiple=None, T=DEFAULT_T):
         raise ValueError(f"timesteps t must be numbers, got dtype {t.dtype}")
     if y is None:
         return
+    if cfg.text_vocab:
+        return check_token_ids(cfg, y, B)
     if cfg.num_classes == 0:
         raise ValueError("labels y were given but the model is unconditional (num_classes=0)")
     y_shape = tuple(np.shape(y)) if _is_host(y) else tuple(y.shape)
@@ -243,6 +261,59 @@ def check_inputs(cfg, x, t, y=None, multiple=None, T=DEFAULT_T):
                              f"(or {cfg.num_classes} for the null class), got {out[0]:g}")
     elif _kind(y.dtype) != "int":
         raise ValueError(f"class ids y must be an integer tensor, got dtype {y.dtype}")
+
+
+def check_token_ids(cfg, y, B):
+    """Raise ValueError unless y fits a text-conditioned cfg: (B, L) token ids, 1 <= L <= cfg.text_len, PAD (0)-padded,
+    integers in 0..text_vocab-1 (values checked on the host only, like check_inputs)."""
+    y_shape = tuple(np.shape(y)) if _is_host(y) else tuple(y.shape)
+    if len(y_shape) != 2 or y_shape[0] != B:
+        raise ValueError(f"y must be token ids of shape (B, L) = ({B}, L), one PAD-padded prompt per image "
+                         f"(L <= text_len={cfg.text_len}), got shape {y_shape}"
+                         + ("; the model is conditioned on text (text_vocab > 0), not class ids: encode the prompts "
+                            "with numpy_ref.text.encode_batch" if len(y_shape) == 1 else ""))
+    if not 1 <= y_shape[1] <= cfg.text_len:
+        raise ValueError(f"y has {y_shape[1]} tokens per prompt: it must have 1..text_len={cfg.text_len} "
+                         f"(the model's longest prompt; pad shorter prompts with PAD = 0)")
+    kind = _kind(np.asarray(y).dtype) if _is_host(y) else _kind(y.dtype)
+    if kind != "int":
+        raise ValueError(f"token ids y must be integers, got dtype {np.asarray(y).dtype if _is_host(y) else y.dtype}")
+    if _is_host(y):
+        yv = np.asarray(y)
+        out = yv[(yv < 0) | (yv >= cfg.text_vocab)]
+        if out.size:
+            raise ValueError(f"token id out of range: ids must be in 0..{cfg.text_vocab - 1} (text_vocab="
+                             f"{cfg.text_vocab}, 0 = PAD), got {out[0]}")
+
+
+def text_config(cfg):
+    """The TextConfig of a text-conditioned model's encoder (its parameters text.* live in the model's dict)."""
+    from .text import TextConfig   # here, not at the top: text imports the captions data
+    if not cfg.text_vocab:
+        raise ValueError(f"{cfg.arch} config has no text conditioning (text_vocab=0)")
+    return TextConfig(vocab_size=cfg.text_vocab, max_len=cfg.text_len, width=cfg.text_width, depth=cfg.text_depth,
+                      heads=cfg.text_heads)
+
+
+def null_condition(cfg, batch):
+    """The "no condition" y of a batch (classifier-free guidance, condition dropout in training): the empty prompt,
+    (batch, text_len) int64 all PAD, for a text model; (batch,) int64 of cfg.null_class for a class-conditional one;
+    None for an unconditional one. A model given y=None uses exactly this."""
+    if cfg.text_vocab:
+        return np.zeros((batch, cfg.text_len), np.int64)
+    return np.full(batch, cfg.null_class, np.int64) if cfg.num_classes else None
+
+
+def drop_condition(cfg, y, drop):
+    """y with the rows where drop (B,) bool is True replaced by the null condition: class ids (B,) or token ids
+    (B, text_len). y None (unconditional) stays None."""
+    if y is None:
+        return None
+    y = np.asarray(y)
+    null = null_condition(cfg, len(y))
+    if null.shape != y.shape:
+        raise ValueError(f"y has shape {y.shape}, the null condition {null.shape}: pad prompts to text_len={cfg.text_len}")
+    return np.where(np.asarray(drop, bool).reshape(-1, *[1] * (y.ndim - 1)), null, y)
 
 
 # ----------------------------------------------------------------------------
@@ -300,10 +371,10 @@ PRESETS = {
 }
 
 
-# fields a user may set with `--set` (the data decides img_size, in_channels and num_classes; arch is the preset's;
-# prediction has its own flag)
+# fields a user may set with `--set` (the data decides img_size, in_channels, num_classes and text_vocab; arch is the
+# preset's; prediction has its own flag)
 SETTABLE = tuple(f.name for f in fields(ModelConfig)
-                 if f.name not in ("arch", "img_size", "in_channels", "num_classes", "prediction"))
+                 if f.name not in ("arch", "img_size", "in_channels", "num_classes", "text_vocab", "prediction"))
 
 
 def parse_overrides(items):

@@ -5,12 +5,18 @@ followed by a DiffiT transformer block whose self-attention is time-dependent
 (TMSA): queries, keys and values each get a projection of the time token added,
 so the attention pattern itself changes with t. Attention runs in w x w windows
 with a learned relative position bias, or over the whole map at low resolution.
+
+Text conditioning (cfg.text_vocab > 0; y = token ids (B, L)): attention is at every level here, so every DiffiT
+block gets a cross-attention sub-layer to the prompt's encoder states (text_cond.py) between TMSA and the MLP
+(LayerNorm, cross-attention over the whole map, zero-initialised `cross.proj`, residual: a fresh model ignores the
+prompt there), and the pooled text is added to the time embedding c in place of the class embedding.
 """
 import numpy as np
 
 from ..configs import DEFAULT_T, check_inputs
 from ..layers import (attention, concat, conv2d, embedding, gelu, group_norm, layer_norm, linear, merge_heads, silu,
                       split, split_heads, timestep_embedding)
+from .text_cond import cross_attention, cross_attention_shapes, encode, init_text, pooled_embedding, text_shapes
 
 # ----------------------------------------------------------------------------
 # Parameters
@@ -43,6 +49,8 @@ def param_shapes(cfg):
     }
     if cfg.num_classes:
         shapes["label_embed.weight"] = (cfg.num_classes + 1, T)   # last row: the null class
+    if cfg.text_vocab:
+        shapes.update(text_shapes(cfg, T))                         # text.* encoder, text_pool (T, Dt)
     for level, C in enumerate(chans):
         hid, w = int(C * cfg.mlp_ratio), table_window(cfg, level)
         for side in ("enc", "dec"):
@@ -60,6 +68,8 @@ def param_shapes(cfg):
                     f"{b}.mlp.fc1.weight": (hid, C), f"{b}.mlp.fc1.bias": (hid,),
                     f"{b}.mlp.fc2.weight": (C, hid), f"{b}.mlp.fc2.bias": (C,),
                 })
+                if cfg.text_vocab:
+                    shapes.update(cross_attention_shapes(f"{b}.cross", C, cfg))
         if level < len(chans) - 1:
             C_next = chans[level + 1]
             shapes.update({
@@ -76,13 +86,14 @@ def param_shapes(cfg):
 
 def init_params(cfg, seed=0):
     """Fresh parameters (float32): Xavier-uniform weights, zero biases, unit norm scales, N(0, 0.02) embeddings
-    and relative position biases, and a zero output conv (the model starts by predicting eps = 0)."""
+    and relative position biases, and a zero output conv (the model starts by predicting eps = 0); with text a zero
+    cross-attention output projection (cross.proj) and the text encoder's own initialisation for text.*."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(cfg).items():
         if name.endswith(("norm.weight", "ln1.weight", "ln2.weight")):
             w = np.ones(shape)
-        elif name.endswith(".bias") or name.startswith("out.conv"):
+        elif name.endswith((".bias", "cross.proj.weight")) or name.startswith("out.conv"):
             w = np.zeros(shape)
         elif name.startswith(("time_embed", "label_embed")) or name.endswith("rel_bias"):
             w = rng.normal(0.0, 0.02, shape)
@@ -91,7 +102,7 @@ def init_params(cfg, seed=0):
             a = np.sqrt(6.0 / (fan_in + fan_out))
             w = rng.uniform(-a, a, shape)
         params[name] = w.astype(np.float32)
-    return params
+    return init_text(params, cfg, seed)
 
 
 # ----------------------------------------------------------------------------
@@ -167,18 +178,23 @@ def mlp(p, prefix, x):
                   p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
 
 
-def diffit_block(p, prefix, h, xt, level, cfg):
-    """x = x + TMSA(LN(x), x_t); x = x + MLP(LN(x)): h (B, H, W, C), xt (B, T) -> (B, H, W, C)"""
+def diffit_block(p, prefix, h, xt, level, cfg, txt=None):
+    """x = x + TMSA(LN(x), x_t); [x = x + CrossAttn(LN(x), text)]; x = x + MLP(LN(x)):
+    h (B, H, W, C), xt (B, T), txt text_cond.Text or None -> (B, H, W, C)"""
     h = h + tmsa(p, f"{prefix}.attn", layer_norm(h, p[f"{prefix}.ln1.weight"], p[f"{prefix}.ln1.bias"]), xt,
                  cfg.window, table_window(cfg, level), cfg.heads, level)
+    if txt is not None:
+        B, H, W, C = h.shape
+        a = layer_norm(h, p[f"{prefix}.cross.norm.weight"], p[f"{prefix}.cross.norm.bias"]).reshape(B, H * W, C)
+        h = h + cross_attention(p, f"{prefix}.cross", a, txt, cfg.heads).reshape(B, H, W, C)
     return h + mlp(p, f"{prefix}.mlp", layer_norm(h, p[f"{prefix}.ln2.weight"], p[f"{prefix}.ln2.bias"]))
 
 
-def res_block(p, prefix, x, xt, level, cfg):
-    """DiffiT ResBlock: h = Conv3x3(SiLU(GN(x))); x + DiffiTBlock(h, x_t): x (B, C, H, W) -> (B, C, H, W)"""
+def res_block(p, prefix, x, xt, level, cfg, txt=None):
+    """DiffiT ResBlock: h = Conv3x3(SiLU(GN(x))); x + DiffiTBlock(h, x_t[, text]): x (B, C, H, W) -> (B, C, H, W)"""
     h = conv2d(silu(group_norm(x, cfg.groups, p[f"{prefix}.norm.weight"], p[f"{prefix}.norm.bias"])),
                p[f"{prefix}.conv.weight"], p[f"{prefix}.conv.bias"], padding=1)    # (B, C, H, W)
-    h = diffit_block(p, prefix, h.transpose(0, 2, 3, 1), xt, level, cfg)          # (B, H, W, C)
+    h = diffit_block(p, prefix, h.transpose(0, 2, 3, 1), xt, level, cfg, txt)     # (B, H, W, C)
     # the paper's equation as written: the outer residual adds x to the block's output, which already holds h
     return x + h.transpose(0, 3, 1, 2)
 
@@ -193,8 +209,9 @@ def upsample_nearest(x):
     return np.broadcast_to(x[:, :, :, None, :, None], (B, C, H, 2, W, 2)).reshape(B, C, 2 * H, 2 * W)
 
 
-def conditioning(p, t, y, cfg, dtype):
-    """c = MLP(sinusoid(t)) + label_embed(y): t (B,), y (B,) or None -> (B, T)"""
+def conditioning(p, t, y, cfg, dtype, txt=None):
+    """c = MLP(sinusoid(t)) + label_embed(y) (class ids) or + text_pool(pooled text) (txt: text_cond.Text):
+    t (B,), y (B,) or None -> (B, T)"""
     temb = timestep_embedding(t, cfg.channels).astype(dtype)                       # (B, channels)
     c = linear(silu(linear(temb, p["time_embed.0.weight"], p["time_embed.0.bias"])),
                p["time_embed.2.weight"], p["time_embed.2.bias"])                    # (B, T)
@@ -202,21 +219,25 @@ def conditioning(p, t, y, cfg, dtype):
         # class conditioning: the label embedding is added to the time embedding, so x_t carries both
         ids = np.full(len(c), cfg.null_class) if y is None else np.asarray(y).reshape(-1)
         c = c + embedding(ids, p["label_embed.weight"])
+    if txt is not None:
+        c = c + pooled_embedding(p, txt)                                            # (B, T)
     return c
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    H and W must be divisible by 2**(levels-1), and each level's map by the window where it is windowed."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids, (B, L) token ids (text_vocab
+    > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W). H and W must be divisible by
+    2**(levels-1), and each level's map by the window where it is windowed."""
     levels = len(cfg.channel_mult)
     check_inputs(cfg, x, t, y, multiple=2 ** (levels - 1), T=T)
     p = params
-    xt = time_token(conditioning(p, t, y, cfg, x.dtype))                           # (B, T)
+    txt = encode(p, y, cfg, len(x)) if cfg.text_vocab else None                  # Text: (B, Lt, Dt), ...
+    xt = time_token(conditioning(p, t, y, cfg, x.dtype, txt))                      # (B, T)
     h = conv2d(x, p["stem.weight"], p["stem.bias"], padding=1)                     # (B, C0, H, W)
     skips = []
     for level in range(levels):                                                    # encoder
         for j in range(cfg.num_res_blocks):
-            h = res_block(p, f"enc.{level}.{j}", h, xt, level, cfg)
+            h = res_block(p, f"enc.{level}.{j}", h, xt, level, cfg, txt)
         if level < levels - 1:
             skips.append(h)                                                        # (B, C_l, H/2^l, W/2^l)
             h = conv2d(h, p[f"down.{level}.weight"], p[f"down.{level}.bias"], stride=2, padding=1)
@@ -226,6 +247,6 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
             # concat with the encoder map of the same resolution, then a 1x1 conv back to C_l channels
             h = conv2d(concat([h, skips.pop()], 1), p[f"skip.{level}.weight"], p[f"skip.{level}.bias"])
         for j in range(cfg.num_res_blocks):
-            h = res_block(p, f"dec.{level}.{j}", h, xt, level, cfg)
+            h = res_block(p, f"dec.{level}.{j}", h, xt, level, cfg, txt)
     h = silu(group_norm(h, cfg.groups, p["out.norm.weight"], p["out.norm.bias"]))  # (B, C0, H, W)
     return conv2d(h, p["out.conv.weight"], p["out.conv.bias"], padding=1)

@@ -7,12 +7,15 @@
 - multi-query attention: one K/V head of size head_dim shared by all query heads.
 The transformer block itself is mobile_unet's; only its attention differs. Knowledge distillation
 (DESIGN.md 3.6) belongs to training, not to the model.
+Text conditioning (cfg.text_vocab > 0): mobile_unet's, the cross-attention in the transformer block between the
+self-attention and the MLP (plain multi-head K/V: the prompt has only text_len tokens), the pooled text in temb.
 """
 from functools import partial
 
 from ..configs import DEFAULT_T
 from ..layers import attention, conv2d, linear, merge_heads, silu, split_heads
 from .mobile_unet import transformer_block, transformer_shapes
+from .text_cond import init_text
 from .unet import init_from_shapes, unet_forward, unet_shapes
 
 # ----------------------------------------------------------------------------
@@ -39,8 +42,8 @@ def param_shapes(cfg):
 
 
 def init_params(cfg, seed=0):
-    """Fresh parameters (float32), see unet.init_from_shapes."""
-    return init_from_shapes(param_shapes(cfg), seed)
+    """Fresh parameters (float32), see unet.init_from_shapes; text.* from the text encoder's own initialisation."""
+    return init_text(init_from_shapes(param_shapes(cfg), seed), cfg, seed)
 
 
 # ----------------------------------------------------------------------------
@@ -65,7 +68,8 @@ def multi_query_attention(h, p, prefix, heads):
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    H and W must be divisible by 2**(len(channel_mult) - 1)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids, (B, L) token ids (text_vocab
+    > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W). H and W must be divisible by
+    2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: expanded_separable_conv,
                         partial(transformer_block, attn=multi_query_attention), T)

@@ -10,12 +10,18 @@ The paper's design choices are ModelConfig fields for ablations (the defaults
 give the model above): pos_embed, stem_kernel (S: a non-overlapping stem),
 stem_padding ("circular": no border cue), share_blocks (one block's weights
 reused N times), next to pos_conv and skips.
+
+Text conditioning (cfg.text_vocab > 0; y = token ids (B, L)): the prompt's encoder states (text_cond.py) are read by
+a cross-attention sub-layer in every block, after self-attention, with its own adaLN shift/scale/gate from c (the
+gate starts at zero: a fresh model ignores the prompt there); the pooled text is added to c in place of the class
+embedding. With share_blocks the cross-attention is part of the one shared block.
 """
 import numpy as np
 
 from ..configs import DEFAULT_T, check_inputs
 from ..layers import (concat, conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate, split,
                       multi_head_attention, silu, timestep_embedding, token_depthwise_conv)
+from .text_cond import cross_attention, cross_attention_shapes, encode, init_text, pooled_embedding, text_shapes
 
 # ----------------------------------------------------------------------------
 # Parameters
@@ -44,6 +50,8 @@ def param_shapes(cfg):
     })
     if cfg.num_classes:
         shapes["label_embed.weight"] = (cfg.num_classes + 1, D)   # last row: the null class
+    if cfg.text_vocab:
+        shapes.update(text_shapes(cfg, D))                         # text.* encoder, text_pool (D, Dt)
     for i in range(cfg.depth):
         b = f"blocks.{i}"
         if block_kind(i, cfg) == "out":
@@ -60,6 +68,10 @@ def param_shapes(cfg):
         })
         if cfg.pos_conv:
             shapes.update({f"{b}.mlp.pos_conv.weight": (hid, 1, 3, 3), f"{b}.mlp.pos_conv.bias": (hid,)})
+        if cfg.text_vocab:
+            # a separate adaLN projection (shift, scale, gate) for the cross-attention: the 6-way ada stays as it is
+            shapes.update({f"{b}.cross.ada.weight": (3 * D, D), f"{b}.cross.ada.bias": (3 * D,),
+                           **cross_attention_shapes(f"{b}.cross", D, cfg, norm=False)})
     shapes.update({
         "final.ada.weight": (2 * D, D), "final.ada.bias": (2 * D,),
         "final.linear.weight": (S * S * C, D), "final.linear.bias": (S * S * C,),
@@ -78,8 +90,9 @@ def block_kind(i, cfg):
 
 def init_params(cfg, seed=0):
     """Fresh parameters (float32): Xavier-uniform weights (the time MLP too), zero biases, adaLN-Zero (modulation
-    and the final linear start at zero, as in DiT), a N(0, 1) class embedding, a N(0, 0.02) pos_embed (ViT/DiT's
-    scale: small next to the O(1) stem output, so the ablation starts close to the model without it)."""
+    and the final linear start at zero, as in DiT; the cross-attention's ada too), a N(0, 1) class embedding, a
+    N(0, 0.02) pos_embed (ViT/DiT's scale: small next to the O(1) stem output, so the ablation starts close to the
+    model without it), the text encoder's own initialisation for text.*."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(cfg).items():
@@ -99,21 +112,25 @@ def init_params(cfg, seed=0):
             a = np.sqrt(6.0 / (fan_in + fan_out))
             w = rng.uniform(-a, a, shape)
         params[name] = w.astype(np.float32)
-    return params
+    return init_text(params, cfg, seed)
 
 
 # ----------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------
 
-def conditioning(p, t, y, cfg, dtype):
-    """c = MLP(sinusoid(t)) + label_embed(y): t (B,), y (B,) or None -> (B, D)"""
+def conditioning(p, t, y, cfg, dtype, txt=None):
+    """c = MLP(sinusoid(t)) + label_embed(y) (class ids) or + text_pool(pooled text) (txt: text_cond.Text):
+    t (B,), y (B,) or None -> (B, D)"""
     temb = timestep_embedding(t, cfg.width).astype(dtype)                          # (B, D)
     c = linear(silu(linear(temb, p["time_embed.0.weight"], p["time_embed.0.bias"])),
                p["time_embed.2.weight"], p["time_embed.2.bias"])                    # (B, D)
     if cfg.num_classes:
         ids = np.full(len(c), cfg.null_class) if y is None else np.asarray(y).reshape(-1)
         c = c + embedding(ids, p["label_embed.weight"])
+    if txt is not None:
+        # the pooled prompt reaches every adaLN modulation (as a class embedding does), not only the cross-attention
+        c = c + pooled_embedding(p, txt)                                            # (B, D)
     return c
 
 
@@ -126,11 +143,15 @@ def mlp(p, prefix, h, hw, cfg):
     return linear(gelu(z), p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
 
 
-def block(p, prefix, h, c, hw, cfg):
-    """One fixed-size block with adaLN-Zero: h (B, L, D), c (B, D) -> (B, L, D)"""
+def block(p, prefix, h, c, hw, cfg, txt=None):
+    """One fixed-size block with adaLN-Zero: h (B, L, D), c (B, D), txt text_cond.Text or None -> (B, L, D)"""
     mod = linear(silu(c), p[f"{prefix}.ada.weight"], p[f"{prefix}.ada.bias"])      # (B, 6D)
     shift1, scale1, gate1, shift2, scale2, gate2 = split(mod, 6)                  # 6 x (B, D)
     h = h + gate1[:, None] * multi_head_attention(modulate(layer_norm(h), shift1, scale1), p, f"{prefix}.attn", cfg.heads)
+    if txt is not None:
+        shift, scale, gate = split(linear(silu(c), p[f"{prefix}.cross.ada.weight"], p[f"{prefix}.cross.ada.bias"]), 3)
+        h = h + gate[:, None] * cross_attention(p, f"{prefix}.cross", modulate(layer_norm(h), shift, scale), txt,
+                                                cfg.heads)                          # (B, L, D)
     h = h + gate2[:, None] * mlp(p, f"{prefix}.mlp", modulate(layer_norm(h), shift2, scale2), hw, cfg)
     return h
 
@@ -158,9 +179,9 @@ def stem(p, x, cfg):
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    Any H, W divisible by the stem stride work: nothing in the model depends on the image size (with pos_embed:
-    H = W = img_size only)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids, (B, L) token ids (text_vocab
+    > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W). Any H, W divisible by the stem stride work:
+    nothing in the model depends on the image size (with pos_embed: H = W = img_size only)."""
     check_inputs(cfg, x, t, y, T=T)
     check_image_size(cfg, x.shape)
     p, S = params, cfg.stride
@@ -170,14 +191,15 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
     h = h.reshape(B, cfg.width, -1).transpose(0, 2, 1)                             # (B, L, D)
     if cfg.pos_embed:
         h = h + p["pos_embed"]                                                     # (B, L, D)
-    c = conditioning(p, t, y, cfg, x.dtype)                                        # (B, D)
+    txt = encode(p, y, cfg, B) if cfg.text_vocab else None                         # Text: (B, Lt, Dt), ...
+    c = conditioning(p, t, y, cfg, x.dtype, txt)                                   # (B, D)
     skips = []
     for i in range(cfg.depth):
         kind = block_kind(i, cfg)
         if kind == "out":
             h = linear(concat([h, skips.pop()], -1),
                        p[f"blocks.{i}.skip_linear.weight"], p[f"blocks.{i}.skip_linear.bias"])   # (B, L, D)
-        h = block(p, block_prefix(i, cfg), h, c, hw, cfg)
+        h = block(p, block_prefix(i, cfg), h, c, hw, cfg, txt)
         if kind == "in":
             skips.append(h)
     shift, scale = split(linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]), 2)          # 2 x (B, D)

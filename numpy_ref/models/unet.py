@@ -8,6 +8,12 @@ encoder activation (skips are popped LIFO), and a nearest x2 + conv between leve
 
 The U-Net is written once (`layout`, `unet_shapes`, `unet_forward`); an architecture supplies the
 convolution of its ResBlocks at each level and its attention block.
+
+Text conditioning (cfg.text_vocab > 0; y = token ids (B, L)), the same in the whole family: every attention block
+also cross-attends to the prompt's encoder states (text_cond.py) after its self-attention (a norm, cross-attention,
+a zero-initialised output projection `cross.proj`, a residual: a fresh model ignores the prompt there), and the
+pooled text is added to the time embedding in place of the class embedding. Where the cross-attention sits is the
+attention block's choice: here (ADM) GroupNorm + cross-attention after the self-attention block.
 """
 from collections import namedtuple
 
@@ -15,6 +21,7 @@ import numpy as np
 
 from ..configs import DEFAULT_T, check_inputs
 from ..layers import concat, conv2d, embedding, group_norm, linear, multi_head_attention, silu, timestep_embedding
+from .text_cond import cross_attention, cross_attention_shapes, encode, init_text, pooled_embedding, text_shapes
 
 # ----------------------------------------------------------------------------
 # The plan: every block in forward order, shared by param_shapes and forward
@@ -83,6 +90,7 @@ def res_block_shapes(prefix, cin, cout, cfg, conv_shapes=conv3x3_shapes):
 
 
 def attn_block_shapes(prefix, ch, cfg):
+    """GN + self-attention (and with text the cross-attention, `{prefix}.cross`, that unet_shapes adds)"""
     return {**norm_shapes(f"{prefix}.norm", ch),
             f"{prefix}.qkv.weight": (3 * ch, ch), f"{prefix}.qkv.bias": (3 * ch,),
             f"{prefix}.proj.weight": (ch, ch), f"{prefix}.proj.bias": (ch,)}
@@ -90,18 +98,23 @@ def attn_block_shapes(prefix, ch, cfg):
 
 def unet_shapes(cfg, conv_shapes_at, attn_shapes):
     """name -> shape for the U-Net of `layout(cfg)`; the architecture gives conv_shapes_at(level), the shapes
-    function of its ResBlock convs at a level, and attn_shapes(prefix, ch, cfg) of its attention block."""
+    function of its ResBlock convs at a level, and attn_shapes(prefix, ch, cfg) of its attention block. With text:
+    the text encoder (text.*), text_pool (E, Dt), and a cross-attention `{attn prefix}.cross` per attention block."""
     ch0, E, C = channels_at(cfg, 0), 4 * cfg.channels, cfg.in_channels
     shapes = {"time_embed.0.weight": (E, cfg.channels), "time_embed.0.bias": (E,),
               "time_embed.2.weight": (E, E), "time_embed.2.bias": (E,)}
     if cfg.num_classes:
         shapes["label_embed.weight"] = (cfg.num_classes + 1, E)    # last row: the null class
+    if cfg.text_vocab:
+        shapes.update(text_shapes(cfg, E))                          # text.* encoder, text_pool (E, Dt)
     shapes.update(conv3x3_shapes("input_conv", C, ch0, cfg))
     for op in layout(cfg):
         if op.kind == "res":
             shapes.update(res_block_shapes(op.prefix, op.cin, op.cout, cfg, conv_shapes_at(op.level)))
         elif op.kind == "attn":
             shapes.update(attn_shapes(op.prefix, op.cout, cfg))
+            if cfg.text_vocab:
+                shapes.update(cross_attention_shapes(f"{op.prefix}.cross", op.cout, cfg))
         else:
             shapes.update(conv3x3_shapes(op.prefix, op.cin, op.cout, cfg))
     shapes.update({**norm_shapes("out_norm", ch0), **conv3x3_shapes("out_conv", ch0, C, cfg)})
@@ -117,7 +130,8 @@ def param_shapes(cfg):
 # Initialisation
 # ----------------------------------------------------------------------------
 
-# the last layer of every residual branch starts at zero (ADM), so a fresh network is close to the identity
+# the last layer of every residual branch starts at zero (ADM), so a fresh network is close to the identity (this
+# includes the cross-attention's cross.proj: a fresh text model's output does not depend on the prompt through it)
 ZERO_INIT = ("out_conv.weight", "conv2.weight", "conv2.pw.weight", "conv2.project.weight", "proj.weight", "fc2.weight")
 
 
@@ -142,8 +156,8 @@ def init_from_shapes(shapes, seed):
 
 
 def init_params(cfg, seed=0):
-    """Fresh parameters (float32), see init_from_shapes."""
-    return init_from_shapes(param_shapes(cfg), seed)
+    """Fresh parameters (float32), see init_from_shapes; text.* from the text encoder's own initialisation."""
+    return init_text(init_from_shapes(param_shapes(cfg), seed), cfg, seed)
 
 
 # ----------------------------------------------------------------------------
@@ -182,10 +196,15 @@ def to_map(h, hw):
     return h.transpose(0, 2, 1).reshape(B, C, *hw)
 
 
-def attn_block(p, prefix, x, temb, cfg):
-    """x + proj(MHSA(GN(x))) over all H*W positions: x (B, C, H, W) -> (B, C, H, W); temb unused (ADM)."""
+def attn_block(p, prefix, x, temb, cfg, txt=None):
+    """x + proj(MHSA(GN(x))) over all H*W positions, then with txt (text_cond.Text) x + CrossAttn(GN(x), text):
+    x (B, C, H, W) -> (B, C, H, W); temb unused (ADM)."""
     h = to_tokens(norm(p, f"{prefix}.norm", x, cfg))                                       # (B, L, C)
-    return x + to_map(multi_head_attention(h, p, prefix, cfg.heads), x.shape[2:])
+    x = x + to_map(multi_head_attention(h, p, prefix, cfg.heads), x.shape[2:])
+    if txt is not None:
+        h = to_tokens(norm(p, f"{prefix}.cross.norm", x, cfg))                             # (B, L, C)
+        x = x + to_map(cross_attention(p, f"{prefix}.cross", h, txt, cfg.heads), x.shape[2:])
+    return x
 
 
 def downsample(p, prefix, x):
@@ -199,23 +218,28 @@ def upsample(p, prefix, x):
     return conv2d(x, p[f"{prefix}.weight"], p[f"{prefix}.bias"], padding=1)
 
 
-def conditioning(p, t, y, cfg, dtype):
-    """temb = MLP(sinusoid(t)) + label_embed(y): t (B,), y (B,) or None -> (B, 4*channels)"""
+def conditioning(p, t, y, cfg, dtype, txt=None):
+    """temb = MLP(sinusoid(t)) + label_embed(y) (class ids) or + text_pool(pooled text) (txt: text_cond.Text):
+    t (B,), y (B,) or None -> (B, 4*channels)"""
     temb = timestep_embedding(t, cfg.channels).astype(dtype)                               # (B, ch)
     c = linear(silu(linear(temb, p["time_embed.0.weight"], p["time_embed.0.bias"])),
                p["time_embed.2.weight"], p["time_embed.2.bias"])                           # (B, E)
     if cfg.num_classes:
         ids = np.full(len(c), cfg.null_class) if y is None else np.asarray(y).reshape(-1)
         c = c + embedding(ids, p["label_embed.weight"])
+    if txt is not None:
+        c = c + pooled_embedding(p, txt)                                                   # (B, E)
     return c
 
 
 def unet_forward(params, x, t, y, cfg, conv_at, attn, T=DEFAULT_T):
     """The U-Net of `layout(cfg)` with the architecture's ResBlock conv at a level, conv_at(level), and attention
-    block attn(p, prefix, x, temb, cfg): x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)"""
+    block attn(p, prefix, x, temb, cfg, txt=None): x (B, C, H, W), t (B,), y (B,) class ids, (B, L) token ids or None
+    -> eps (B, C, H, W)"""
     check_inputs(cfg, x, t, y, multiple=2 ** (len(cfg.channel_mult) - 1), T=T)
     p = params
-    temb = conditioning(p, t, y, cfg, x.dtype)                                             # (B, E)
+    txt = encode(p, y, cfg, len(x)) if cfg.text_vocab else None                          # Text: (B, Lt, Dt), ...
+    temb = conditioning(p, t, y, cfg, x.dtype, txt)                                        # (B, E)
     h = conv3x3(p, "input_conv", x, cfg)                                                   # (B, ch0, H, W)
     skips = [h]
     for op in layout(cfg):
@@ -224,7 +248,7 @@ def unet_forward(params, x, t, y, cfg, conv_at, attn, T=DEFAULT_T):
         if op.kind == "res":
             h = res_block(p, op.prefix, h, temb, cfg, conv_at(op.level))
         elif op.kind == "attn":
-            h = attn(p, op.prefix, h, temb, cfg)
+            h = attn(p, op.prefix, h, temb, cfg, txt=txt)
         elif op.kind == "down":
             h = downsample(p, op.prefix, h)
         else:
@@ -235,6 +259,7 @@ def unet_forward(params, x, t, y, cfg, conv_at, attn, T=DEFAULT_T):
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    H and W must be divisible by 2**(len(channel_mult) - 1)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids, (B, L) token ids (text_vocab
+    > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W). H and W must be divisible by
+    2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: conv3x3, attn_block, T)

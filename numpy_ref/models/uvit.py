@@ -12,11 +12,17 @@ in_blocks, one mid_block, depth//2 out_blocks: 12 -> 13 blocks), cfg.heads =
 num_heads, cfg.stride = patch_size, cfg.skips = `skip`, cfg.mlp_time_embed,
 cfg.final_conv = `conv`; the official num_classes is cfg.num_classes + 1 (the
 last label_emb row is the null class).
+
+Text conditioning (cfg.text_vocab > 0; y = token ids (B, L)) as the official text-to-image model (libs/uvit_t2i.py):
+the prompt's text_len encoder states (text_cond.py; a jointly trained encoder here, CLIP there), projected to the
+width by `context_embed`, are extra tokens after the time token, [time, text, patches], with their own rows of
+pos_embed, attended without a mask (as the official 77 CLIP tokens), and dropped before the output head.
 """
 import numpy as np
 
 from ..configs import DEFAULT_T, check_inputs
 from ..layers import concat, conv2d, embedding, gelu, layer_norm, linear, multi_head_attention, silu, timestep_embedding
+from .text_cond import encode, init_text, text_shapes
 
 LN_EPS = 1e-5   # nn.LayerNorm's default, which the official code uses
 
@@ -25,8 +31,9 @@ LN_EPS = 1e-5   # nn.LayerNorm's default, which the official code uses
 # ----------------------------------------------------------------------------
 
 def num_extras(cfg):
-    """Tokens in front of the patches: the time token, and the label token when class-conditional."""
-    return 2 if cfg.num_classes else 1
+    """Tokens in front of the patches: the time token, and the label token when class-conditional, or the text_len
+    text tokens when text-conditioned."""
+    return 1 + (1 if cfg.num_classes else 0) + (cfg.text_len if cfg.text_vocab else 0)
 
 
 def block_names(cfg):
@@ -48,6 +55,8 @@ def param_shapes(cfg):
                        "time_embed.2.weight": (D, 4 * D), "time_embed.2.bias": (D,)})
     if cfg.num_classes:
         shapes["label_emb.weight"] = (cfg.num_classes + 1, D)   # last row: the null class
+    if cfg.text_vocab:
+        shapes.update({**text_shapes(cfg), "context_embed.weight": (D, cfg.text_width), "context_embed.bias": (D,)})
     for b in block_names(cfg):
         shapes.update({
             f"{b}.norm1.weight": (D,), f"{b}.norm1.bias": (D,),
@@ -71,7 +80,8 @@ def param_shapes(cfg):
 def init_params(cfg, seed=0):
     """Fresh parameters (float32) initialised as the official code does: linear weights and pos_embed
     N(0, 0.02) (timm's trunc_normal_ cuts at +-2, i.e. 100 std: a plain normal), zero linear biases,
-    LayerNorm 1/0, PyTorch's defaults for the rest: convs U(+-1/sqrt(fan_in)), label_emb N(0, 1)."""
+    LayerNorm 1/0, PyTorch's defaults for the rest: convs U(+-1/sqrt(fan_in)), label_emb N(0, 1); the text
+    encoder's own initialisation for text.* (context_embed is a linear: N(0, 0.02))."""
     rng = np.random.default_rng(seed)
     shapes = param_shapes(cfg)
     params = {}
@@ -88,7 +98,7 @@ def init_params(cfg, seed=0):
         else:
             w = rng.normal(0.0, 0.02, shape)
         params[name] = w.astype(np.float32)
-    return params
+    return init_text(params, cfg, seed)
 
 
 def load_official_state_dict(state_dict, cfg):
@@ -127,8 +137,9 @@ def unpatchify(x, channels, patch, hw):
     return x.reshape(B, channels, h * patch, w * patch)
 
 
-def extra_tokens(p, t, y, cfg, dtype):
-    """The tokens in front of the patches: [label, time] or [time] -> (B, extras, D)"""
+def extra_tokens(p, t, y, cfg, dtype, txt=None):
+    """The tokens in front of the patches: [label, time], [time, text] (txt: text_cond.Text) or [time]
+    -> (B, extras, D)"""
     time_token = timestep_embedding(t, cfg.width).astype(dtype)                     # (B, D)
     if cfg.mlp_time_embed:
         time_token = linear(silu(linear(time_token, p["time_embed.0.weight"], p["time_embed.0.bias"])),
@@ -138,6 +149,9 @@ def extra_tokens(p, t, y, cfg, dtype):
         ids = np.full(len(time_token), cfg.null_class) if y is None else np.asarray(y).reshape(-1)
         # the official code prepends time, then prepends the label: the order is [label, time, patches]
         tokens.insert(0, embedding(ids, p["label_emb.weight"])[:, None])
+    if txt is not None:
+        # uvit_t2i: x = cat((time_token, context_token, x)); every text position, PAD ones too, is a token
+        tokens.append(linear(txt.h, p["context_embed.weight"], p["context_embed.bias"]))   # (B, Lt, D)
     return concat(tokens, 1)
 
 
@@ -163,8 +177,8 @@ def check_image_size(cfg, x_shape):
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps in [0, T), y (B,) class ids
-    or None (the null class on a conditional model) -> eps (B, C, H, W)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps in [0, T), y (B,) class ids,
+    (B, L) token ids (text_vocab > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W)."""
     check_inputs(cfg, x, t, y, T=T)
     check_image_size(cfg, x.shape)
     p, P = params, cfg.stride
@@ -172,7 +186,8 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
     h = conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=P)   # (B, D, H/p, W/p)
     hw = h.shape[2:]
     h = h.reshape(B, cfg.width, -1).transpose(0, 2, 1)                                 # (B, L, D)
-    h = concat([extra_tokens(p, t, y, cfg, x.dtype), h], 1)                            # (B, extras + L, D)
+    txt = encode(p, y, cfg, B) if cfg.text_vocab else None                             # Text: (B, Lt, Dt), ...
+    h = concat([extra_tokens(p, t, y, cfg, x.dtype, txt), h], 1)                       # (B, extras + L, D)
     h = h + p["pos_embed"]
     half = cfg.depth // 2
     skips = []

@@ -8,6 +8,7 @@ from numpy_ref.models import diffit as _ref
 from ..layers import (attention, concat, conv2d, embedding, gelu, group_norm, layer_norm, linear, merge_heads, silu,
                       split, split_heads, timestep_embedding)
 from ..weights import to_tensors
+from .text_cond import cross_attention, encode, pooled_embedding
 
 # ----------------------------------------------------------------------------
 # Parameters
@@ -71,18 +72,23 @@ def mlp(p, prefix, x):
                   p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
 
 
-def diffit_block(p, prefix, h, xt, level, cfg):
-    """x = x + TMSA(LN(x), x_t); x = x + MLP(LN(x)): h (B, H, W, C), xt (B, T) -> (B, H, W, C)"""
+def diffit_block(p, prefix, h, xt, level, cfg, txt=None):
+    """x = x + TMSA(LN(x), x_t); [x = x + CrossAttn(LN(x), text)]; x = x + MLP(LN(x)):
+    h (B, H, W, C), xt (B, T), txt text_cond.Text or None -> (B, H, W, C)"""
     h = h + tmsa(p, f"{prefix}.attn", layer_norm(h, p[f"{prefix}.ln1.weight"], p[f"{prefix}.ln1.bias"]), xt,
                  cfg.window, table_window(cfg, level), cfg.heads, level)
+    if txt is not None:
+        B, H, W, C = h.shape
+        a = layer_norm(h, p[f"{prefix}.cross.norm.weight"], p[f"{prefix}.cross.norm.bias"]).reshape(B, H * W, C)
+        h = h + cross_attention(p, f"{prefix}.cross", a, txt, cfg.heads).reshape(B, H, W, C)
     return h + mlp(p, f"{prefix}.mlp", layer_norm(h, p[f"{prefix}.ln2.weight"], p[f"{prefix}.ln2.bias"]))
 
 
-def res_block(p, prefix, x, xt, level, cfg):
-    """DiffiT ResBlock: h = Conv3x3(SiLU(GN(x))); x + DiffiTBlock(h, x_t): x (B, C, H, W) -> (B, C, H, W)"""
+def res_block(p, prefix, x, xt, level, cfg, txt=None):
+    """DiffiT ResBlock: h = Conv3x3(SiLU(GN(x))); x + DiffiTBlock(h, x_t[, text]): x (B, C, H, W) -> (B, C, H, W)"""
     h = conv2d(silu(group_norm(x, cfg.groups, p[f"{prefix}.norm.weight"], p[f"{prefix}.norm.bias"])),
                p[f"{prefix}.conv.weight"], p[f"{prefix}.conv.bias"], padding=1)    # (B, C, H, W)
-    h = diffit_block(p, prefix, h.permute(0, 2, 3, 1), xt, level, cfg)            # (B, H, W, C)
+    h = diffit_block(p, prefix, h.permute(0, 2, 3, 1), xt, level, cfg, txt)       # (B, H, W, C)
     # the paper's equation as written: the outer residual adds x to the block's output, which already holds h
     return x + h.permute(0, 3, 1, 2)
 
@@ -97,8 +103,9 @@ def upsample_nearest(x):
     return x.reshape(B, C, H, 1, W, 1).expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
 
 
-def conditioning(p, t, y, cfg):
-    """c = MLP(sinusoid(t)) + label_embed(y): t (B,), y (B,) or None -> (B, T)"""
+def conditioning(p, t, y, cfg, txt=None):
+    """c = MLP(sinusoid(t)) + label_embed(y) (class ids) or + text_pool(pooled text) (txt: text_cond.Text):
+    t (B,), y (B,) or None -> (B, T)"""
     temb = timestep_embedding(t, cfg.channels).to(p["time_embed.0.weight"].device)  # (B, channels)
     c = linear(silu(linear(temb, p["time_embed.0.weight"], p["time_embed.0.bias"])),
                p["time_embed.2.weight"], p["time_embed.2.bias"])                    # (B, T)
@@ -106,21 +113,25 @@ def conditioning(p, t, y, cfg):
         # class conditioning: the label embedding is added to the time embedding, so x_t carries both
         ids = np.full(c.shape[0], cfg.null_class) if y is None else y
         c = c + embedding(ids, p["label_embed.weight"])
+    if txt is not None:
+        c = c + pooled_embedding(p, txt)                                            # (B, T)
     return c
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    H and W must be divisible by 2**(levels-1), and each level's map by the window where it is windowed."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids, (B, L) token ids (text_vocab
+    > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W). H and W must be divisible by
+    2**(levels-1), and each level's map by the window where it is windowed."""
     levels = len(cfg.channel_mult)
     check_inputs(cfg, x, t, y, multiple=2 ** (levels - 1), T=T)
     p = params
-    xt = time_token(conditioning(p, t, y, cfg))                                    # (B, T)
+    txt = encode(p, y, cfg, x.shape[0]) if cfg.text_vocab else None              # Text: (B, Lt, Dt), ...
+    xt = time_token(conditioning(p, t, y, cfg, txt))                               # (B, T)
     h = conv2d(x, p["stem.weight"], p["stem.bias"], padding=1)                     # (B, C0, H, W)
     skips = []
     for level in range(levels):                                                    # encoder
         for j in range(cfg.num_res_blocks):
-            h = res_block(p, f"enc.{level}.{j}", h, xt, level, cfg)
+            h = res_block(p, f"enc.{level}.{j}", h, xt, level, cfg, txt)
         if level < levels - 1:
             skips.append(h)                                                        # (B, C_l, H/2^l, W/2^l)
             h = conv2d(h, p[f"down.{level}.weight"], p[f"down.{level}.bias"], stride=2, padding=1)
@@ -130,6 +141,6 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
             # concat with the encoder map of the same resolution, then a 1x1 conv back to C_l channels
             h = conv2d(concat([h, skips.pop()], 1), p[f"skip.{level}.weight"], p[f"skip.{level}.bias"])
         for j in range(cfg.num_res_blocks):
-            h = res_block(p, f"dec.{level}.{j}", h, xt, level, cfg)
+            h = res_block(p, f"dec.{level}.{j}", h, xt, level, cfg, txt)
     h = silu(group_norm(h, cfg.groups, p["out.norm.weight"], p["out.norm.bias"]))  # (B, C0, H, W)
     return conv2d(h, p["out.conv.weight"], p["out.conv.bias"], padding=1)

@@ -6,6 +6,7 @@ from numpy_ref.models.mobile_unet import (is_separable, param_shapes, separable_
 from numpy_ref.models import mobile_unet as _ref
 from ..layers import attention, conv2d, gelu, layer_norm, linear, merge_heads, silu, split_heads
 from ..weights import to_tensors
+from .text_cond import cross_attention
 from .unet import conv3x3, to_map, to_tokens, unet_forward
 
 # ----------------------------------------------------------------------------
@@ -35,10 +36,14 @@ def shared_kv_attention(h, p, prefix, heads):
     return linear(merge_heads(o), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
 
 
-def transformer_block(p, prefix, x, temb, cfg, attn=shared_kv_attention):
-    """h = x + Linear(SiLU(temb)); h += Attn(LN(h)); h += MLP(LN(h)): x (B, D, H, W), temb (B, E) -> (B, D, H, W)"""
+def transformer_block(p, prefix, x, temb, cfg, attn=shared_kv_attention, txt=None):
+    """h = x + Linear(SiLU(temb)); h += Attn(LN(h)); [h += CrossAttn(LN(h), text)]; h += MLP(LN(h)):
+    x (B, D, H, W), temb (B, E), txt text_cond.Text or None -> (B, D, H, W)"""
     h = to_tokens(x) + linear(silu(temb), p[f"{prefix}.temb.weight"], p[f"{prefix}.temb.bias"])[:, None]   # (B, L, D)
     h = h + attn(layer_norm(h, p[f"{prefix}.norm1.weight"], p[f"{prefix}.norm1.bias"]), p, prefix, cfg.heads)
+    if txt is not None:
+        h = h + cross_attention(p, f"{prefix}.cross", layer_norm(h, p[f"{prefix}.cross.norm.weight"],
+                                                                 p[f"{prefix}.cross.norm.bias"]), txt, cfg.heads)
     z = linear(layer_norm(h, p[f"{prefix}.norm2.weight"], p[f"{prefix}.norm2.bias"]), p[f"{prefix}.fc1.weight"],
                p[f"{prefix}.fc1.bias"])                                                    # (B, L, hid)
     h = h + linear(gelu(z), p[f"{prefix}.fc2.weight"], p[f"{prefix}.fc2.bias"])
@@ -46,7 +51,8 @@ def transformer_block(p, prefix, x, temb, cfg, attn=shared_kv_attention):
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    H and W must be divisible by 2**(len(channel_mult) - 1)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids, (B, L) token ids (text_vocab
+    > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W). H and W must be divisible by
+    2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: separable_conv if is_separable(cfg, level) else conv3x3,
                         transformer_block, T)

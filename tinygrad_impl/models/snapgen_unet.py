@@ -41,7 +41,8 @@ def multi_query_attention(h, p, prefix, heads):
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    H and W must be divisible by 2**(len(channel_mult) - 1)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids, (B, L) token ids (text_vocab
+    > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W). H and W must be divisible by
+    2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: expanded_separable_conv,
                         partial(transformer_block, attn=multi_query_attention), T)

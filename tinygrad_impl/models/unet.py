@@ -9,6 +9,7 @@ from numpy_ref.models.unet import (attn_block_shapes, conv3x3_shapes, layout, pa
 from numpy_ref.models import unet as _ref
 from ..layers import concat, conv2d, embedding, group_norm, linear, multi_head_attention, silu, timestep_embedding
 from ..weights import to_tensors
+from .text_cond import cross_attention, encode, pooled_embedding
 
 # ----------------------------------------------------------------------------
 # Initialisation
@@ -55,10 +56,15 @@ def to_map(h, hw):
     return h.permute(0, 2, 1).reshape(B, C, *hw)
 
 
-def attn_block(p, prefix, x, temb, cfg):
-    """x + proj(MHSA(GN(x))) over all H*W positions: x (B, C, H, W) -> (B, C, H, W); temb unused (ADM)."""
+def attn_block(p, prefix, x, temb, cfg, txt=None):
+    """x + proj(MHSA(GN(x))) over all H*W positions, then with txt (text_cond.Text) x + CrossAttn(GN(x), text):
+    x (B, C, H, W) -> (B, C, H, W); temb unused (ADM)."""
     h = to_tokens(norm(p, f"{prefix}.norm", x, cfg))                                       # (B, L, C)
-    return x + to_map(multi_head_attention(h, p, prefix, cfg.heads), x.shape[2:])
+    x = x + to_map(multi_head_attention(h, p, prefix, cfg.heads), x.shape[2:])
+    if txt is not None:
+        h = to_tokens(norm(p, f"{prefix}.cross.norm", x, cfg))                             # (B, L, C)
+        x = x + to_map(cross_attention(p, f"{prefix}.cross", h, txt, cfg.heads), x.shape[2:])
+    return x
 
 
 def downsample(p, prefix, x):
@@ -73,23 +79,28 @@ def upsample(p, prefix, x):
     return conv2d(x, p[f"{prefix}.weight"], p[f"{prefix}.bias"], padding=1)
 
 
-def conditioning(p, t, y, cfg):
-    """temb = MLP(sinusoid(t)) + label_embed(y): t (B,), y (B,) or None -> (B, 4*channels)"""
+def conditioning(p, t, y, cfg, txt=None):
+    """temb = MLP(sinusoid(t)) + label_embed(y) (class ids) or + text_pool(pooled text) (txt: text_cond.Text):
+    t (B,), y (B,) or None -> (B, 4*channels)"""
     temb = timestep_embedding(t, cfg.channels).to(p["time_embed.0.weight"].device)        # (B, ch)
     c = linear(silu(linear(temb, p["time_embed.0.weight"], p["time_embed.0.bias"])),
                p["time_embed.2.weight"], p["time_embed.2.bias"])                           # (B, E)
     if cfg.num_classes:
         ids = np.full(c.shape[0], cfg.null_class) if y is None else y
         c = c + embedding(ids, p["label_embed.weight"])
+    if txt is not None:
+        c = c + pooled_embedding(p, txt)                                                   # (B, E)
     return c
 
 
 def unet_forward(params, x, t, y, cfg, conv_at, attn, T=DEFAULT_T):
     """The U-Net of `layout(cfg)` with the architecture's ResBlock conv at a level, conv_at(level), and attention
-    block attn(p, prefix, x, temb, cfg): x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)"""
+    block attn(p, prefix, x, temb, cfg, txt=None): x (B, C, H, W), t (B,), y (B,) class ids, (B, L) token ids or None
+    -> eps (B, C, H, W)"""
     check_inputs(cfg, x, t, y, multiple=2 ** (len(cfg.channel_mult) - 1), T=T)
     p = params
-    temb = conditioning(p, t, y, cfg)                                                      # (B, E)
+    txt = encode(p, y, cfg, x.shape[0]) if cfg.text_vocab else None                      # Text: (B, Lt, Dt), ...
+    temb = conditioning(p, t, y, cfg, txt)                                                 # (B, E)
     h = conv3x3(p, "input_conv", x, cfg)                                                   # (B, ch0, H, W)
     skips = [h]
     for op in layout(cfg):
@@ -98,7 +109,7 @@ def unet_forward(params, x, t, y, cfg, conv_at, attn, T=DEFAULT_T):
         if op.kind == "res":
             h = res_block(p, op.prefix, h, temb, cfg, conv_at(op.level))
         elif op.kind == "attn":
-            h = attn(p, op.prefix, h, temb, cfg)
+            h = attn(p, op.prefix, h, temb, cfg, txt=txt)
         elif op.kind == "down":
             h = downsample(p, op.prefix, h)
         else:
@@ -109,6 +120,7 @@ def unet_forward(params, x, t, y, cfg, conv_at, attn, T=DEFAULT_T):
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids or None -> eps (B, C, H, W).
-    H and W must be divisible by 2**(len(channel_mult) - 1)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1], t (B,) in [0, T), y (B,) class ids, (B, L) token ids (text_vocab
+    > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W). H and W must be divisible by
+    2**(len(channel_mult) - 1)."""
     return unet_forward(params, x, t, y, cfg, lambda level: conv3x3, attn_block, T)

@@ -7,6 +7,7 @@ from numpy_ref.models.uvit import (LN_EPS, check_image_size, load_official_state
 from numpy_ref.models import uvit as _ref
 from ..layers import concat, conv2d, embedding, gelu, layer_norm, linear, multi_head_attention, silu, timestep_embedding
 from ..weights import to_tensors
+from .text_cond import encode
 
 # ----------------------------------------------------------------------------
 # Parameters
@@ -30,8 +31,9 @@ def unpatchify(x, channels, patch, hw):
     return x.reshape(B, channels, h * patch, w * patch)
 
 
-def extra_tokens(p, t, y, cfg):
-    """The tokens in front of the patches: [label, time] or [time] -> (B, extras, D)"""
+def extra_tokens(p, t, y, cfg, txt=None):
+    """The tokens in front of the patches: [label, time], [time, text] (txt: text_cond.Text) or [time]
+    -> (B, extras, D)"""
     time_token = timestep_embedding(t, cfg.width).to(p["pos_embed"].device)         # (B, D)
     if cfg.mlp_time_embed:
         time_token = linear(silu(linear(time_token, p["time_embed.0.weight"], p["time_embed.0.bias"])),
@@ -41,6 +43,8 @@ def extra_tokens(p, t, y, cfg):
         ids = np.full(time_token.shape[0], cfg.null_class) if y is None else y
         # the official code prepends time, then prepends the label: the order is [label, time, patches]
         tokens.insert(0, embedding(ids, p["label_emb.weight"])[:, None])
+    if txt is not None:
+        tokens.append(linear(txt.h, p["context_embed.weight"], p["context_embed.bias"]))   # (B, Lt, D)
     return concat(tokens, 1)
 
 
@@ -57,8 +61,8 @@ def block(p, prefix, h, cfg, skip=None):
 
 
 def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
-    """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps in [0, T), y (B,) class ids
-    or None (the null class on a conditional model) -> eps (B, C, H, W)."""
+    """Predict the noise: x (B, C, H, W) in [-1, 1] with H = W = cfg.img_size, t (B,) timesteps in [0, T), y (B,) class ids,
+    (B, L) token ids (text_vocab > 0, L <= text_len) or None (the null condition) -> eps (B, C, H, W)."""
     check_inputs(cfg, x, t, y, T=T)
     check_image_size(cfg, x.shape)
     p, P = params, cfg.stride
@@ -66,7 +70,8 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
     h = conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=P)   # (B, D, H/p, W/p)
     hw = h.shape[2:]
     h = h.reshape(B, cfg.width, -1).permute(0, 2, 1)                                  # (B, L, D)
-    h = concat([extra_tokens(p, t, y, cfg), h], 1)                                     # (B, extras + L, D)
+    txt = encode(p, y, cfg, B) if cfg.text_vocab else None                             # Text: (B, Lt, Dt), ...
+    h = concat([extra_tokens(p, t, y, cfg, txt), h], 1)                                # (B, extras + L, D)
     h = h + p["pos_embed"]
     half = cfg.depth // 2
     skips = []
