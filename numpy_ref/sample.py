@@ -4,7 +4,9 @@
         --n 64 --seed 0 --guidance 2.0 --out grid.png
 
 `python -m tinygrad_impl.sample` takes the same flags and draws the same images for the same seed.
-Grid layout for a class-conditional model: row r shows class r % num_classes (unless --label fixes one).
+Grid layout for a class-conditional model: row r shows class r % num_classes (unless --label fixes one); for a
+text-conditioned one (trained with --cond text) row r shows prompt r % P of the P --prompt given, e.g.
+--prompt "a small red triangle at the top left" "a big blue circle at the center" (default: a few test captions).
 Images are drawn --batch at a time (memory grows with --batch, not with --n) and pasted into the grid (and appended
 to --npy) as each batch finishes. Image i's noise comes from np.random.default_rng([seed, i]) alone, so --batch
 does not change the images. Every flag, the output paths and the weights (finite) are checked before sampling.
@@ -91,6 +93,29 @@ def grid_labels(n, num_classes, cols=None, label=None):
     return (np.arange(n) // cols % num_classes).astype(np.int64)
 
 
+DEFAULT_PROMPTS = 16   # default_prompts draws this many and cycles through them
+
+
+def default_prompts(k):
+    """k fixed prompts for the grids of a text model (row r: prompt r): captions drawn like the test split's (the
+    colour-shape pairs training sees; numpy_ref/captions.py), the same every time and for every k (the first of
+    DEFAULT_PROMPTS captions, repeated past them)."""
+    from .captions import make_captioned
+    captions = make_captioned(DEFAULT_PROMPTS, size=8, split="test")[1]
+    return [captions[i % DEFAULT_PROMPTS] for i in range(k)]
+
+
+def grid_conditions(n, cfg, cols=None, label=None, prompt_ids=None):
+    """y of a grid of n images: for a text model token ids (n, L), row r showing prompt r % P of prompt_ids (P, L);
+    else grid_labels (class ids (n,), or None for an unconditional model)."""
+    if cfg.text_vocab:
+        if prompt_ids is None or not len(prompt_ids):
+            raise ValueError("a text-conditioned model needs prompt ids (P, text_len) for its grid")
+        cols = cols or grid_cols(n)
+        return np.asarray(prompt_ids, np.int64)[np.arange(n) // cols % len(prompt_ids)]
+    return grid_labels(n, cfg.num_classes, cols, label)
+
+
 
 
 # ----------------------------------------------------------------------------
@@ -130,6 +155,44 @@ def resolve_label(label, meta, num_classes=None):
     return names.index(text)
 
 
+def checkpoint_vocab(cfg, meta):
+    """The vocabulary (list of str) of a text model's checkpoint: its meta "vocab" (text.vocab_to_json), or for a
+    file without one the captions vocabulary when its size fits. CLIError when none fits cfg.text_vocab."""
+    from .text import check_vocab, vocab_from_json
+    if "vocab" in meta:
+        vocab = vocab_from_json(meta["vocab"]) if isinstance(meta["vocab"], str) else check_vocab(meta["vocab"])
+    else:
+        from .captions import VOCAB
+        vocab = list(VOCAB)
+    if len(vocab) != cfg.text_vocab:
+        raise CLIError(f"the checkpoint's model has a vocabulary of {cfg.text_vocab} tokens but "
+                       f"{'its metadata lists' if 'vocab' in meta else 'it names no vocabulary, and the captions one has'}"
+                       f" {len(vocab)}: the prompts cannot be encoded")
+    return vocab
+
+
+def encode_prompts(prompts, cfg, meta):
+    """--prompt texts -> token ids (P, cfg.text_len) with the checkpoint's vocabulary; CLIError (one line, listing
+    the vocabulary) for an unknown word or a prompt too long."""
+    from .text import encode_batch
+    try:
+        return encode_batch(list(prompts), checkpoint_vocab(cfg, meta), cfg.text_len)
+    except ValueError as e:
+        raise CLIError(f"--prompt: {e}") from None
+
+
+def check_condition_flags(args, cfg):
+    """--label only for a class-conditional model, --prompt only for a text-conditioned one: CLIError otherwise."""
+    label, prompts = getattr(args, "label", None), getattr(args, "prompt", None)
+    if cfg.text_vocab and label is not None:
+        raise CLIError(f"--label {label}: this checkpoint's model is conditioned on text prompts, not classes; "
+                       f"give --prompt \"a small red triangle at the top left\" instead")
+    if prompts and not cfg.text_vocab:
+        kind = f"class-conditional ({cfg.num_classes} classes)" if cfg.num_classes else "unconditional"
+        raise CLIError(f"--prompt: this checkpoint's model is {kind}, not conditioned on text; drop --prompt"
+                       + (" (--label picks a class)" if cfg.num_classes else ""))
+
+
 def load_checked(path, raw=False):
     """weights.load_for_sampling, then every tensor checked finite: (params, cfg, meta, which). A NaN or inf weight
     (a diverged run) would draw a black grid of NaNs; CLIError names the tensors instead."""
@@ -151,11 +214,12 @@ def sample_batches(sample_batch, n, batch, seed, labels=None, pad=False):
     """n images drawn `batch` at a time, so memory holds one batch whatever n is: yields (first, images (rows, C, H,
     W)) in order. sample_batch(rows, noise, y) draws one batch; noise is a RowNoise (image i's noise from
     default_rng([seed, i])), so the images do not depend on `batch`; y: the class ids of those images (labels
-    (n,) sliced) or None. pad fills the last batch up to `batch` rows and cuts it (one shape for a jitted sampler)."""
+    (n,) sliced), their token ids ((n, L) sliced) or None. pad fills the last batch up to `batch` rows and cuts it
+    (one shape for a jitted sampler)."""
     for first in range(0, n, batch):
         rows = min(batch, n - first)
         size = batch if pad else rows
-        y = None if labels is None else np.resize(labels[first:first + rows], size)
+        y = None if labels is None else np.resize(labels[first:first + rows], (size, *np.shape(labels)[1:]))
         images = sample_batch(size, RowNoise(seed, first, size), y)[:rows]
         if not np.isfinite(images).all():
             raise CLIError(f"images {first}..{first + rows - 1} came out NaN or inf although the weights are finite: "
@@ -165,7 +229,8 @@ def sample_batches(sample_batch, n, batch, seed, labels=None, pad=False):
 
 def image_batches(params, cfg, sched, n, labels=None, sampler=None, steps=50, eta=0.0, seed=0, guidance=1.0,
                   batch=64, progress=None):
-    """sample_batches with the NumPy model: (first, images) for images first.. of n; labels (n,) class ids or None.
+    """sample_batches with the NumPy model: (first, images) for images first.. of n; labels (n,) class ids, (n, L)
+    token ids of a text model (grid_conditions), or None.
     sampler None: the default of cfg.prediction (ddim, or euler for a flow model)."""
     from .models import get_model
     sampler = sampler or default_sampler(cfg.prediction)
@@ -178,9 +243,10 @@ def image_batches(params, cfg, sched, n, labels=None, sampler=None, steps=50, et
 
 
 def sample_images(params, cfg, sched, n, sampler=None, steps=50, eta=0.0, seed=0, guidance=1.0, label=None,
-                  progress=None, batch=64):
-    """n images (n, C, H, W) in [-1, 1] from the NumPy model, `batch` at a time; classes laid out by grid_labels."""
-    labels = grid_labels(n, cfg.num_classes, label=label)
+                  progress=None, batch=64, prompt_ids=None):
+    """n images (n, C, H, W) in [-1, 1] from the NumPy model, `batch` at a time; classes (or the prompts
+    prompt_ids (P, L) of a text model) laid out by grid_conditions."""
+    labels = grid_conditions(n, cfg, label=label, prompt_ids=prompt_ids)
     return np.concatenate([images for _, images in image_batches(params, cfg, sched, n, labels, sampler, steps, eta,
                                                                  seed, guidance, batch, progress)])
 
@@ -296,6 +362,9 @@ def build_parser(prog, description):
                    "0 = the unconditional one, > 1 pushes toward the class; 3 draws the main job's classes best, "
                    "see docs/experiments.md")
     p.add_argument("--label", default=None, help="draw only this class (id or name); default: row r shows class r")
+    p.add_argument("--prompt", action="extend", nargs="+", default=None, metavar="TEXT",
+                   help="text-conditioned checkpoints: draw these prompts (quoted; several, or --prompt again: row r "
+                   "shows prompt r %% P), words of the checkpoint's vocabulary; default: a few test captions")
     p.add_argument("--raw", action="store_true", help="use the raw weights even when the file has an EMA copy")
     p.add_argument("--out", default="grid.png", help="PNG grid to write")
     p.add_argument("--upscale", type=cli.positive(int), default=2, help="draw each pixel as upscale x upscale in the PNG")
@@ -322,7 +391,8 @@ def writable_file_for(flag, path):
 def check_run(args, cfg, meta, sched):
     """The flags that depend on the checkpoint, checked before sampling: --sampler one that reads the model's
     prediction (args.sampler set to its default when not given), --steps within T, --eta for the ODE solvers,
-    --label a class of the model, the grid's size. Returns the class id of --label (or None)."""
+    --label a class of the model (--prompt, encoded into args.prompt_ids, a text model's), the grid's size.
+    Returns the class id of --label (or None)."""
     args.sampler = resolve_sampler(args.sampler, cfg)
     if args.steps > sched.T:
         raise CLIError(f"--steps must be in 1..{sched.T} (the checkpoint's schedule has T = {sched.T}), got {args.steps}")
@@ -331,14 +401,26 @@ def check_run(args, cfg, meta, sched):
                        + ("; use ddim or ddpm for noise" if args.sampler == "dpmpp2m" else ""))
     if getattr(args, "upscale", None):
         check_grid_size(args.n, (cfg.in_channels, cfg.img_size, cfg.img_size), args.upscale)
+    check_condition_flags(args, cfg)
+    args.prompt_ids, args.prompts = None, None
+    if cfg.text_vocab:
+        args.prompts = list(getattr(args, "prompt", None) or default_prompts(min(8, math.ceil(args.n / grid_cols(args.n)))))
+        args.prompt_ids = encode_prompts(args.prompts, cfg, meta)
     return resolve_label(getattr(args, "label", None), meta, cfg.num_classes)
 
 
 def describe(args, cfg, meta, which):
+    cond = (f"text prompts ({cfg.text_vocab} tokens)" if cfg.text_vocab else f"{cfg.num_classes or 'no'} classes")
     return (f"{args.ckpt}: {cfg.arch} {cfg.img_size}x{cfg.img_size}x{cfg.in_channels}, "
-            f"{cfg.num_classes or 'no'} classes, step {meta.get('step', '?')}, data {meta.get('data', '?')}; "
+            f"{cond}, step {meta.get('step', '?')}, data {meta.get('data', '?')}; "
             f"using the {which} weights; {args.sampler} {args.steps} steps, seed {args.seed}, guidance {args.guidance}, "
             f"batches of {min(args.batch, args.n)}")
+
+
+def prompts_text(prompts):
+    """One line naming the grid's rows of a text model: row r shows prompt r % P."""
+    return "rows: " + "; ".join(f"{r} {p!r}" for r, p in enumerate(prompts)) + \
+        (f" (row r: prompt r % {len(prompts)})" if len(prompts) > 1 else "")
 
 
 def main(argv=None):
@@ -348,10 +430,12 @@ def main(argv=None):
     sched = schedule_of(meta)
     label = check_run(args, cfg, meta, sched)
     print(describe(args, cfg, meta, which))
+    if args.prompts:
+        print(prompts_text(args.prompts))
     batch = min(args.batch, args.n)
     bar, progress = step_progress(math.ceil(args.n / batch) * len(sampling_plan(sched, args.sampler, args.steps,
                                                                                  args.eta)), "sampling (numpy)")
-    labels = grid_labels(args.n, cfg.num_classes, label=label)
+    labels = grid_conditions(args.n, cfg, label=label, prompt_ids=args.prompt_ids)
     batches = image_batches(params, cfg, sched, args.n, labels, args.sampler, args.steps, args.eta, args.seed,
                             args.guidance, batch, progress)
     write_samples(batches, args.n, (cfg.in_channels, cfg.img_size, cfg.img_size), args.out, args.npy, args.upscale, bar)

@@ -152,15 +152,21 @@ def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None, prediction=
 def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
     """Classifier-free guidance: eps_u + w (eps_c - eps_u), both halves in one batch of 2B (the same for v and a
     flow's v: eps is affine in v at a fixed x_t, so guiding v guides eps).
-    eps_fn(x (B,C,H,W), t (B,), y (B,) or None) -> (B,C,H,W); with y None or w == 1 it is called once."""
+    eps_fn(x (B,C,H,W), t (B,), y) -> (B,C,H,W); with y None or w == 1 it is called once.
+    y: class ids (B,), whose null condition is null_class, or token ids (B, L) of a text model, whose null condition
+    is the empty prompt, all PAD (id 0; configs.null_condition), so null_class is not needed for them."""
     B = len(x)
     tt = np.full(B, t, dtype=np.int64)
     if y is None or guidance == 1.0:
         return eps_fn(x, tt, y)
-    if null_class is None:
-        raise ValueError("classifier-free guidance needs the null class id (cfg.null_class)")
     y = np.asarray(y, dtype=np.int64)
-    e = eps_fn(np.concatenate([x, x]), np.concatenate([tt, tt]), np.concatenate([y, np.full(B, null_class)]))
+    if y.ndim == 2:     # token ids: the empty prompt is all PAD = 0
+        null = np.zeros_like(y)
+    elif null_class is None:
+        raise ValueError("classifier-free guidance needs the null class id (cfg.null_class)")
+    else:
+        null = np.full(B, null_class)
+    e = eps_fn(np.concatenate([x, x]), np.concatenate([tt, tt]), np.concatenate([y, null]))
     eps_c, eps_u = e[:B], e[B:]
     return eps_u + guidance * (eps_c - eps_u)
 
@@ -190,7 +196,8 @@ def sample(eps_fn, shape, sched, sampler="ddim", steps=50, eta=0.0, seed=0, y=No
            null_class=None, clip=True, progress=None, prediction="eps"):
     """Draw images (B, C, H, W) in [-1, 1]. Noise comes from noise_source(seed): the initial x_T first, then
     one draw per step whose sigma > 0, so a seed gives the same images everywhere. progress: optional wrapper over
-    the plan (e.g. tqdm). prediction: what eps_fn returns, "eps", "v" or "flow" (check_sampler: which samplers apply)."""
+    the plan (e.g. tqdm). prediction: what eps_fn returns, "eps", "v" or "flow" (check_sampler: which samplers apply).
+    y: class ids (B,), token ids (B, L) of a text model (guided against the empty prompt), or None."""
     check_sampler(sampler, prediction)
     rng = noise_source(seed)
     x = rng.standard_normal(shape).astype(np.float32)

@@ -87,6 +87,10 @@ def evaluate(args):
         from .sample import check_device
         args.device = check_device(args.device)
     params, cfg, meta, which = load_checked(args.ckpt, args.raw)
+    if cfg.text_vocab:
+        raise CLIError(f"{args.ckpt} is a text-conditioned model (trained with --cond text): evaluate is not "
+                       "supported yet for text models (it samples classes); sample it with python -m "
+                       "tinygrad_impl.sample --prompt ...")
     data = meta.get("data")
     if not data:
         raise ValueError(f"{args.ckpt} does not say which dataset it was trained on (meta 'data'): it cannot be "

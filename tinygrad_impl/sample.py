@@ -2,6 +2,8 @@
 
     python -m tinygrad_impl.sample --ckpt runs/shapes-tokenfree-xs/ckpt.safetensors --sampler ddim --steps 50 \
         --n 64 --seed 0 --guidance 2.0 --out grid.png [--device CL]
+    python -m tinygrad_impl.sample --ckpt runs/captions-tokenfree-xs/ckpt.safetensors --n 16 \
+        --prompt "a small red triangle at the top left" "a big blue circle at the center"
 """
 import math
 import os
@@ -10,8 +12,8 @@ import numpy as np
 
 from numpy_ref import cli
 from numpy_ref.cli import CLIError
-from numpy_ref.sample import (build_parser, check_paths, check_run, describe, grid_cols, grid_labels, load_checked,
-                              sample_batches, schedule_of, step_progress, write_samples)
+from numpy_ref.sample import (build_parser, check_paths, check_run, describe, grid_cols, grid_conditions, load_checked,
+                              prompts_text, sample_batches, schedule_of, step_progress, write_samples)
 from numpy_ref.samplers import default_sampler, sampling_plan
 from .beam import use_beam
 from .models import get_model
@@ -60,10 +62,10 @@ def image_batches(params, cfg, sched, n, labels=None, sampler=None, steps=50, et
 
 
 def sample_images(params, cfg, sched, n, sampler=None, steps=50, eta=0.0, seed=0, guidance=1.0, label=None,
-                  progress=None, device=None, batch=64):
+                  progress=None, device=None, batch=64, prompt_ids=None):
     """n images (n, C, H, W) in [-1, 1] (a NumPy array) from the tinygrad model, `batch` at a time; params are
-    Tensors."""
-    labels = grid_labels(n, cfg.num_classes, label=label)
+    Tensors. A text model draws the prompts prompt_ids (P, L), row r prompt r % P (grid_conditions)."""
+    labels = grid_conditions(n, cfg, label=label, prompt_ids=prompt_ids)
     return np.concatenate([images for _, images in image_batches(params, cfg, sched, n, labels, sampler, steps, eta,
                                                                  seed, guidance, batch, progress, device)])
 
@@ -83,10 +85,12 @@ def main(argv=None):
         use_beam(args.beam, device)
     from tinygrad import Device
     print(describe(args, cfg, meta, which) + f"; device {device or Device.DEFAULT}")
+    if args.prompts:
+        print(prompts_text(args.prompts))
     batch = min(args.batch, args.n)
     bar, progress = step_progress(math.ceil(args.n / batch) * len(sampling_plan(sched, args.sampler, args.steps,
                                                                                  args.eta)), "sampling (tinygrad)")
-    labels = grid_labels(args.n, cfg.num_classes, label=label)
+    labels = grid_conditions(args.n, cfg, label=label, prompt_ids=args.prompt_ids)
     batches = image_batches(to_tensors(params, device), cfg, sched, args.n, labels, args.sampler, args.steps, args.eta,
                             args.seed, args.guidance, batch, progress, device)
     write_samples(batches, args.n, (cfg.in_channels, cfg.img_size, cfg.img_size), args.out, args.npy, args.upscale, bar)

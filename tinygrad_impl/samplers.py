@@ -27,13 +27,19 @@ def denoise_step(x, eps, coefs, noise=None, clip=True, x0_prev=None, prediction=
 
 def guided_eps(eps_fn, x, t, y=None, guidance=1.0, null_class=None):
     """Classifier-free guidance eps_u + w (eps_c - eps_u) in one batch of 2B.
-    x (B,C,H,W), t (B,) Tensor, y (B,) Tensor or None, guidance a float or a 0-d Tensor."""
+    x (B,C,H,W), t (B,) Tensor, y (B,) class ids or (B, L) token ids Tensor or None, guidance a float or a 0-d
+    Tensor. The null condition of class ids is null_class; of token ids the empty prompt, all PAD = 0 (y.zeros_like(),
+    which works inside a JIT)."""
     if y is None:
         return eps_fn(x, t, y)
-    if null_class is None:
-        raise ValueError("classifier-free guidance needs the null class id (cfg.null_class)")
     B = x.shape[0]
-    e = eps_fn(x.cat(x), t.cat(t), y.cat(Tensor.full((B,), null_class, dtype=y.dtype, device=y.device)))
+    if y.ndim == 2:
+        null = y.zeros_like()
+    elif null_class is None:
+        raise ValueError("classifier-free guidance needs the null class id (cfg.null_class)")
+    else:
+        null = Tensor.full((B,), null_class, dtype=y.dtype, device=y.device)
+    e = eps_fn(x.cat(x), t.cat(t), y.cat(null))
     eps_c, eps_u = e[:B], e[B:]
     return eps_u + guidance * (eps_c - eps_u)
 

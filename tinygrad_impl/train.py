@@ -8,8 +8,11 @@ Ctrl-C, SIGTERM (timeout, docker stop, Slurm, systemd) and SIGHUP finish the ste
 A step whose loss, gradient norm or updated weights are not finite is never saved: the run stops there (the last
 checkpoint stays as it was), or with --on-nonfinite skip that step's update is dropped and training goes on.
 
-Writes runs/<data>-<preset>/: ckpt.safetensors (model, EMA, AdamW state, step, config, data name),
-samples_<step>.png (EMA sample grids, row r = class r), log.jsonl (one line per step).
+    python -m tinygrad_impl.train --data captions          # text-to-image: the captioned shapes, --cond text
+
+Writes runs/<data>-<preset>/: ckpt.safetensors (model, EMA, AdamW state, step, config, data name; the vocabulary of a
+text model), samples_<step>.png (EMA sample grids, row r = class r, or prompt r of a text model), log.jsonl (one line
+per step).
 
 Every random draw of step k (batch indices, t, noise, dropped labels, flips) comes from
 np.random.default_rng([seed, k]), so a resumed run repeats the uninterrupted one exactly.
@@ -25,13 +28,15 @@ import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit
 
 from numpy_ref import cli
+from numpy_ref.captions import MAX_LEN
 from numpy_ref.cli import CLIError
-from numpy_ref.configs import PRESETS, get_config, parse_overrides
+from numpy_ref.configs import PRESETS, ModelConfig, drop_condition, get_config, parse_overrides
 from numpy_ref.data import DATASETS, data_tag, load_dataset
-from numpy_ref.sample import grid_cols, save_grid
+from numpy_ref.sample import default_prompts, grid_cols, save_grid
 from numpy_ref.samplers import default_sampler
 from numpy_ref.schedule import (LOSS_WEIGHTS, PREDICTIONS, TIMESTEP_SAMPLINGS, draw_timesteps, loss_weight,
                                 make_schedule, noisy_sample, training_target)
+from numpy_ref.text import encode_batch, vocab_from_json, vocab_to_json
 from . import parallel, weights
 from .adamw import BETAS, adamw_update, flat_views, new_state, pack_state
 from .beam import use_beam
@@ -44,12 +49,15 @@ from .sample import check_device, sample_images
 # and guidance 3 drew the classes best there (docs/experiments.md)
 RUN_DEFAULTS = dict(preset="tokenfree-xs", set=[], prediction="v", data="shapes", size=None, batch=32, lr=1e-3, warmup=100,
                     weight_decay=0.0, clip=1.0, ema_decay=0.999, label_drop=0.1, seed=0, schedule="linear", T=1000,
-                    loss_weight="min-snr", timestep_sampling="uniform", lr_decay="none", hflip=False)
+                    loss_weight="min-snr", timestep_sampling="uniform", lr_decay="none", hflip=False, cond=None)
+# --cond's default depends on the data: text for data with captions, class (the labels; none: unconditional) else
+CAPTIONED = ("captions",)
+CONDITIONS = ("text", "class")
 # --prediction flow without these flags: rectified flow as SD3 trains it (plain MSE on v, logit-normal t); min-snr
 # would give the pure-noise end s = 1, where sampling starts, weight 0
 FLOW_DEFAULTS = dict(loss_weight="none", timestep_sampling="logit-normal")
 # the value of a run setting for a checkpoint whose run settings do not name it
-LEGACY_RUN = dict(loss_weight="none", timestep_sampling="uniform", lr_decay="none", hflip=False)
+LEGACY_RUN = dict(loss_weight="none", timestep_sampling="uniform", lr_decay="none", hflip=False, cond="class")
 # settings that may change between sessions of one run
 SESSION_DEFAULTS = dict(steps=2000, sample_every=500, ckpt_every=250, sample_n=36, sample_steps=25, guidance=3.0,
                         on_nonfinite="stop")
@@ -175,12 +183,20 @@ def make_train_step(state, cfg, weight_decay=0.0, clip=1.0, undo=False):
     return step
 
 
+def caption_ids(ds, cfg):
+    """The captions of ds encoded once: token ids (N, cfg.text_len) int64, with ds's vocabulary."""
+    return encode_batch(ds.captions, ds.vocab, cfg.text_len)
+
+
 def batch_at(step, seed, ds, batch, sched, label_drop, null_class, prediction="eps", timestep_sampling="uniform",
-             hflip=False):
+             hflip=False, text_ids=None):
     """(xt, t, target, y) of training step `step`, drawn from default_rng([seed, step]); y None if unconditional.
     xt (B, C, H, W) is q_sample's x_t (eps, v) or the flow's (1 - s) x0 + s eps; target the noise (prediction "eps"),
     v, or the flow's eps - x0. timestep_sampling: draw_timesteps' kind; hflip: each image mirrored left-right with
-    probability 1/2 (drawn last, so a run without it draws what it drew before)."""
+    probability 1/2 (drawn last, so a run without it draws what it drew before).
+    null_class: the class id of a dropped label, or the ModelConfig (drop_condition). text_ids (N, L): the encoded
+    captions of ds (caption_ids), for a text model (null_class then its config): y is then (B, L) token ids, a dropped
+    row the empty prompt (all PAD); the draws are those of a class model."""
     rng = np.random.default_rng([seed, step])
     idx = rng.integers(0, len(ds), batch)
     t = draw_timesteps(rng, batch, sched.T, timestep_sampling)
@@ -189,7 +205,12 @@ def batch_at(step, seed, ds, batch, sched, label_drop, null_class, prediction="e
     drop = rng.random(batch) < label_drop
     if hflip:
         x0 = np.where((rng.random(batch) < 0.5)[:, None, None, None], x0[..., ::-1], x0)
-    y = None if not ds.num_classes else np.where(drop, null_class, ds.labels[idx])
+    if text_ids is not None:
+        y = drop_condition(null_class, text_ids[idx], drop)
+    elif isinstance(null_class, ModelConfig):
+        y = drop_condition(null_class, ds.labels[idx], drop) if null_class.num_classes else None
+    else:
+        y = None if not ds.num_classes else np.where(drop, null_class, ds.labels[idx])
     return noisy_sample(x0, t, noise, sched, prediction), t, training_target(x0, t, noise, sched, prediction), y
 
 
@@ -204,11 +225,18 @@ def ema_for_sampling(state, cfg, devices=None):
     return flat_views(Tensor(state["flat"]["ema"].numpy(), device=devices[0]), get_model(cfg.arch).param_shapes(cfg))
 
 
-def sample_grid(params, cfg, sched, path, n=36, steps=25, guidance=2.0, seed=0, device=None):
+def grid_prompts(n, vocab, cfg):
+    """(prompts, token ids (P, text_len)) of a text model's training grids: one fixed prompt a row (default_prompts)."""
+    prompts = default_prompts(math.ceil(n / grid_cols(n)))
+    return prompts, encode_batch(prompts, vocab, cfg.text_len)
+
+
+def sample_grid(params, cfg, sched, path, n=36, steps=25, guidance=2.0, seed=0, device=None, prompt_ids=None):
     """Samples of `params` (the EMA copy) as a PNG grid, by the default sampler of cfg.prediction (ddim, or euler
-    for a flow model: one model call a step either way); row r shows class r % num_classes."""
+    for a flow model: one model call a step either way); row r shows class r % num_classes, or for a text model
+    prompt r of prompt_ids (P, L) (grid_prompts)."""
     images = sample_images(params, cfg, sched, n, default_sampler(cfg.prediction), steps, 0.0, seed, guidance,
-                           device=device)
+                           device=device, prompt_ids=prompt_ids)
     return save_grid(images, path, cols=grid_cols(n), upscale=2)
 
 
@@ -246,8 +274,11 @@ def build_parser():
     p.add_argument("--clip", type=cli.positive(float), help=h("global gradient-norm clip, > 0", "clip"))
     p.add_argument("--ema-decay", type=cli.in_range(float, 0, 1), help=h("EMA decay in [0, 1] (with warm-up)",
                    "ema_decay"))
+    p.add_argument("--cond", choices=CONDITIONS, help="what the model is conditioned on: text (the captions' "
+                   "prompts; data with captions: captions) or class (the labels; data without any: unconditional) "
+                   f"(default text for {', '.join(CAPTIONED)}, class otherwise)")
     p.add_argument("--label-drop", type=cli.in_range(float, 0, 1), help=h("fraction of labels replaced by the null "
-                   "class (CFG), in [0, 1]", "label_drop"))
+                   "class, or of prompts by the empty one (CFG), in [0, 1]", "label_drop"))
     p.add_argument("--seed", type=zero_or_more, help=h("seed of the init and of every batch, >= 0", "seed"))
     p.add_argument("--schedule", choices=("linear", "cosine"), help=h("noise schedule", "schedule"))
     flow_h = lambda text, k: f"{text} (default {d[k]}; {FLOW_DEFAULTS[k]} with --prediction flow)"  # noqa: E731
@@ -319,6 +350,14 @@ def settle_args(args):
         for k, v in {**RUN_DEFAULTS, **(FLOW_DEFAULTS if flow else {})}.items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
+        if args.cond is None:
+            args.cond = "text" if args.data in CAPTIONED else "class"
+        if args.cond == "text" and args.data not in CAPTIONED:
+            raise CLIError(f"--cond text: {args.data} has no captions to condition on; use --data "
+                           f"{' or '.join(CAPTIONED)}, or --cond class")
+        if args.cond == "text" and args.hflip:
+            raise CLIError("--hflip with --cond text: a mirrored image no longer fits its caption's left and right; "
+                           "drop --hflip")
         if args.timestep_sampling != "uniform" and args.prediction != "flow":
             raise CLIError(f"--timestep-sampling {args.timestep_sampling} is for --prediction flow; "
                            f"--prediction {args.prediction} trains on uniform t")
@@ -386,16 +425,26 @@ def train(args, callback=None):
     ds = load_dataset(args.data, "train", root=args.data_root, download=args.download, size=args.size)
     C, H, W = ds.shape
     sched = make_schedule(args.schedule, args.T)
+    text = args.cond == "text"
+    if text and not getattr(ds, "captions", None):
+        raise CLIError(f"--cond text: {args.data} has no captions to condition on; use --cond class")
+    conds = (0, len(ds.vocab)) if text else (ds.num_classes, 0)      # (num_classes, text_vocab) of the model
     run = {k: getattr(args, k) for k in RUN_DEFAULTS}
     if resume_from:
         state, cfg, meta = load_training_state(resume_from, device)
         start, saved_loss = int(meta["step"]), meta.get("loss")
-        if (cfg.img_size, cfg.in_channels, cfg.num_classes) != (H, C, ds.num_classes):
+        if (cfg.img_size, cfg.in_channels, cfg.num_classes, cfg.text_vocab) != (H, C, *conds):
+            what = lambda k, v: f"a vocabulary of {v} tokens" if v else f"{k} classes"  # noqa: E731
             raise ValueError(f"{resume_from} was trained on {cfg.img_size}x{cfg.img_size}x{cfg.in_channels} images with "
-                             f"{cfg.num_classes} classes, but {args.data} gives {H}x{W}x{C} with {ds.num_classes}")
+                             f"{what(cfg.num_classes, cfg.text_vocab)}, but {args.data} gives {H}x{W}x{C} with "
+                             f"{what(*conds)}")
+        if text and "vocab" in meta and vocab_from_json(meta["vocab"]) != list(ds.vocab):
+            raise ValueError(f"{resume_from} was trained with another vocabulary than {args.data}'s: its token ids "
+                             "would mean other words")
     else:
-        cfg = get_config(args.preset, img_size=H, in_channels=C, num_classes=ds.num_classes, prediction=args.prediction,
-                         **parse_overrides(args.set))
+        overrides = {**(dict(text_len=MAX_LEN) if text else {}), **parse_overrides(args.set)}
+        cfg = get_config(args.preset, img_size=H, in_channels=C, num_classes=conds[0], text_vocab=conds[1],
+                         prediction=args.prediction, **overrides)
         state, start, saved_loss = init_state(cfg, args.seed, device), 0, None
     if devices:   # one copy of the state on every device; each step's batch split over them
         state = parallel.replicate_state(state, get_model(cfg.arch).param_shapes(cfg), devices)
@@ -404,15 +453,19 @@ def train(args, callback=None):
     ckpt, log_path = os.path.join(args.out, "ckpt.safetensors"), os.path.join(args.out, "log.jsonl")
     keep_log_until(log_path, start)
     n_params = sum(int(np.prod(v.shape)) for v in state["params"].values())
+    text_ids = caption_ids(ds, cfg) if text else None
+    prompts, prompt_ids = grid_prompts(args.sample_n, ds.vocab, cfg) if text else (None, None)
+    conds_text = f"captions, a vocabulary of {cfg.text_vocab} tokens" if text else f"{ds.num_classes or 'no'} classes"
     print(f"{cfg.arch} ({args.preset}, {n_params / 1e6:.2f}M params) on {ds.name} ({len(ds)} images {C}x{H}x{W}, "
-          f"{ds.num_classes or 'no'} classes), batch {args.batch}, steps {start}->{args.steps}, "
+          f"{conds_text}), batch {args.batch}, steps {start}->{args.steps}, "
           f"device {','.join(devices) if devices else device or Device.DEFAULT}, out {args.out}", flush=True)
 
     def meta_at(step):
         # a session that kept no step keeps the loss the checkpoint had
         loss = mean_tail(losses) if losses else saved_loss
         return dict(step=step, data=args.data, schedule=args.schedule, T=args.T, seed=args.seed, batch=args.batch,
-                    preset=args.preset, class_names=list(ds.class_names), loss=loss, run=run)
+                    preset=args.preset, class_names=list(ds.class_names), loss=loss, run=run,
+                    **(dict(vocab=vocab_to_json(ds.vocab)) if text else {}))
 
     skip = args.on_nonfinite == "skip"
     step_fn = make_train_step(state, cfg, args.weight_decay, args.clip, undo=skip)
@@ -426,8 +479,9 @@ def train(args, callback=None):
         with open(log_path, "a", buffering=1) as log:   # line-buffered: the log is current while training
             while step < args.steps and not stop.requested and not out_of_time():
                 t_step = time.perf_counter()
-                xt, t, target, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop, cfg.null_class,
-                                            cfg.prediction, args.timestep_sampling, args.hflip)
+                xt, t, target, y = batch_at(step, args.seed, ds, args.batch, sched, args.label_drop,
+                                            cfg if text else cfg.null_class, cfg.prediction, args.timestep_sampling,
+                                            args.hflip, text_ids)
                 lr = lr_at(step, args.lr, args.warmup, args.steps if args.lr_decay == "cosine" else None)
                 w = None if args.loss_weight == "none" else put(loss_weight(t, sched, cfg.prediction, args.loss_weight))
                 scalars = step_scalars(step, lr, args.ema_decay, devices[0] if devices else device)
@@ -469,7 +523,8 @@ def train(args, callback=None):
                 if args.sample_every and step % args.sample_every == 0 and step < args.steps:
                     path = sample_grid(ema_for_sampling(state, cfg, devices), cfg, sched,
                                        os.path.join(args.out, f"samples_{step:06d}.png"), args.sample_n,
-                                       args.sample_steps, args.guidance, args.seed, devices[0] if devices else device)
+                                       args.sample_steps, args.guidance, args.seed, devices[0] if devices else device,
+                                       prompt_ids)
                     bar.write(f"step {step}: loss {mean_tail(losses):.4f}, EMA samples -> {path}")
                 if callback is not None:
                     callback(step, loss)
@@ -490,15 +545,20 @@ def train(args, callback=None):
               f"python -m tinygrad_impl.train --out {args.out} --resume --steps {args.steps}")
         return summary
     grid = sample_grid(ema_for_sampling(state, cfg, devices), cfg, sched, os.path.join(args.out, f"samples_{step:06d}.png"),
-                       args.sample_n, args.sample_steps, args.guidance, args.seed, devices[0] if devices else device)
+                       args.sample_n, args.sample_steps, args.guidance, args.seed, devices[0] if devices else device,
+                       prompt_ids)
     summary["grid"] = grid
+    rows_text = (f"row r = prompt r: {'; '.join(prompts)}" if text else
+                 f"row r = class r: {', '.join(ds.class_names[:cfg.num_classes])}")
+    prompt_flag = ' --prompt "a small red triangle at the top left"' if text else ""
     if summary["out_of_time"]:
         print(f"--minutes {args.minutes:g}: the time is up at step {step} of {args.steps}")
     print(f"done: step {step}, loss {summary['loss']:.4f} (mean of the last {min(len(losses), 50)} steps){skipped_note}, "
           f"{summary['steps_per_s']:.2f} steps/s after a first step of {summary['first_step_s']:.0f} s (compiling); "
           f"{train_time / 60:.1f} min in all\n"
-          f"checkpoint {ckpt}\nEMA samples {grid} (row r = class r: {', '.join(ds.class_names[:cfg.num_classes])})\n"
-          f"sample more: python -m tinygrad_impl.sample --ckpt {ckpt} --out grid.png   (or numpy_ref.sample, NumPy only)")
+          f"checkpoint {ckpt}\nEMA samples {grid} ({rows_text})\n"
+          f"sample more: python -m tinygrad_impl.sample --ckpt {ckpt} --out grid.png{prompt_flag}   (or numpy_ref.sample, "
+          "NumPy only)")
     return summary
 
 
