@@ -1,16 +1,22 @@
 """Benchmark: tinygrad training and sampling against NumPy and a minimal PyTorch mirror of the same preset.
 
     python -m tinygrad_impl.bench                                # tokenfree-xs and uvit-xs, batch 32, 32x32x3
+    python -m tinygrad_impl.bench --presets tokenfree-xs uvit-xs unet-xs diffit-xs mobile_unet-xs snapgen_unet-xs --no-sample
     python -m tinygrad_impl.bench --presets tokenfree-xs --steps 20 --sample-steps 50 --sample-batch 64
+    python -m tinygrad_impl.bench --presets unet-xs --no-sample --cold-start   # time to the first step, nothing cached
     pip install -e '.[bench]'                                    # PyTorch (CPU build) for the comparison
 
 Training: tinygrad_impl.train's step (make_train_step: AdamW, global-norm clip, EMA, one TinyJit; here on an
-unweighted MSE against eps) and the same ingredients in PyTorch eager, on the same weights and batches; after warm-up the two alternate step
-by step, so load from other processes hits both alike, and the medians and their ratio are printed.
+unweighted MSE against eps) and the same ingredients in PyTorch eager, on the same weights and batches, each
+framework in its own process (its peak RSS is its own). Each warms up in turn, then the two alternate step by step,
+so load from other processes hits both alike; the medians and their ratio are printed, each process's peak RSS, and
+the time from its start to the end of its first step (tinygrad with its kernel cache, or with --cold-start an empty
+one), then a table of all presets.
 Sampling: DDIM (eta 0) with NumPy, tinygrad and PyTorch, each in a fresh process (its peak RSS is that
 backend's alone) after a short warm-up run (tinygrad compiles its kernels there); NumPy's time is printed as a
 ratio to PyTorch's beside its target, within NUMPY_SAMPLING_TARGET (3x) of PyTorch, with pass or FAIL.
-The PyTorch models are tinygrad_impl/torch_mirror.py. Without PyTorch installed, tinygrad and NumPy are measured alone.
+The PyTorch models are tinygrad_impl/torch_mirror.py (with torch_unets.py and torch_diffit.py), one for each
+architecture. Without PyTorch installed, tinygrad and NumPy are measured alone.
 """
 import argparse
 import multiprocessing as mp
@@ -26,7 +32,7 @@ from numpy_ref.configs import PRESETS, get_config, parse_overrides
 from numpy_ref.models import get_model as np_model
 from numpy_ref.samplers import sample as np_sample
 from numpy_ref.schedule import make_schedule
-from .torch_mirror import TORCH_FORWARDS, have_torch, torch_forward_numpy, torch_params
+from .torch_mirror import has_mirror, have_torch, torch_forward, torch_forward_numpy, torch_params
 
 DEFAULT_PRESETS = ("tokenfree-xs", "uvit-xs")
 NUM_CLASSES = 10   # the benchmark's class-conditional models (CIFAR-10-like)
@@ -75,11 +81,11 @@ def tinygrad_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device=Non
 
 def torch_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device="cpu"):
     """step(batch) -> loss: PyTorch eager with the same ingredients (MSE on eps, AdamW, global-norm clip, EMA).
-    The batch is copied to `device` inside the step, as tinygrad's is; loss.item() waits for the device."""
+    The batch is copied to `device` inside the step, as tinygrad's is; loss.item() waits for the device.
+    step.params: the trained {name: tensor}."""
     import torch
     from .adamw import ADAM_EPS, BETAS
     from .train import ema_decay_at
-    forward = TORCH_FORWARDS[cfg.arch]
     p = torch_params(params, requires_grad=True, device=device)
     ema = {k: v.detach().clone() for k, v in p.items()}
     opt = torch.optim.AdamW(list(p.values()), lr=lr, betas=BETAS, eps=ADAM_EPS, weight_decay=0.0)
@@ -87,7 +93,7 @@ def torch_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device="cpu")
 
     def step(b):
         xt, t, noise, y = (None if a is None else torch.from_numpy(a).to(device) for a in b)
-        loss = (forward(p, xt, t, y, cfg) - noise).square().mean()
+        loss = (torch_forward(p, xt, t, y, cfg) - noise).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(p.values()), clip)
@@ -96,33 +102,129 @@ def torch_trainer(cfg, params, lr=3e-4, clip=1.0, ema_decay=0.999, device="cpu")
             torch._foreach_lerp_(list(ema.values()), list(p.values()), 1.0 - ema_decay_at(k[0], ema_decay))
         k[0] += 1
         return float(loss.item())
+    step.params = p
     return step
 
 
-def time_training(cfg, batch=32, warmup=3, steps=10, use_torch=True, device=None, seed=0, torch_device="cpu",
-                  devices=None):
-    """Warm up, then alternate timed steps of tinygrad, tinygrad over `devices` (if given) and PyTorch. Returns a
-    dict of per-step times (s)."""
-    params = np_model(cfg.arch).init_params(cfg, seed)
-    steppers = {"tinygrad": tinygrad_trainer(cfg, params, device=device)}
-    if devices:
-        steppers["devices"] = tinygrad_trainer(cfg, params, devices=devices)
-    if use_torch and cfg.arch in TORCH_FORWARDS:
-        steppers["torch"] = torch_trainer(cfg, params, device=torch_device)
-    batches = bench_batches(cfg, batch, warmup + steps, seed)
-    out = {name: dict(times=[], losses=[]) for name in steppers}
-    for name, step in steppers.items():
-        t0 = time.perf_counter()
-        for b in batches[:warmup]:
-            out[name]["losses"].append(step(b))
-        out[name]["warmup_s"] = time.perf_counter() - t0
-    for b in batches[warmup:]:
-        for name, step in steppers.items():
+def _train_worker(kind, cfg_json, batch, n, seed, device, devices, torch_device, env, launched, conn):
+    """Runs in a child process, one per framework (so its peak RSS is its own): builds the trainer (`kind` "torch",
+    "tinygrad" or "devices") on init_params(cfg, seed), then runs step i on batch i of bench_batches for every i the
+    parent sends, replying (seconds, loss), until None; then replies dict(peak_mib, first_step_s, ...). env: set
+    before tinygrad is imported (CACHEDB for a cold kernel cache); launched: time.time() when the parent started it."""
+    try:
+        os.environ.update(env)
+        from numpy_ref.configs import ModelConfig
+        cfg = ModelConfig.from_json(cfg_json)
+        params, batches = np_model(cfg.arch).init_params(cfg, seed), bench_batches(cfg, batch, n, seed)
+        if kind == "torch":
+            import torch
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+            step = torch_trainer(cfg, params, device=torch_device)
+        else:
+            step = tinygrad_trainer(cfg, params, device=device, devices=devices if kind == "devices" else None)
+        first = None
+        while (i := conn.recv()) is not None:
             t0 = time.perf_counter()
-            out[name]["losses"].append(step(b))
-            out[name]["times"].append(time.perf_counter() - t0)
+            loss = step(batches[i])
+            secs = time.perf_counter() - t0
+            if first is None:
+                first = time.time() - launched
+            conn.send((secs, loss))
+        conn.send(dict(peak_mib=peak_rss_mib(), first_step_s=first, **kernel_cache_info(kind, env)))
+    except BaseException as e:   # report, don't hang the parent
+        conn.send(dict(error=f"{type(e).__name__}: {e}"))
+
+
+def kernel_cache_info(kind, env):
+    """For a tinygrad worker: the kernel cache it used (tinygrad.helpers.CACHEDB, read at import from env CACHEDB)
+    and, where that cache started empty (env names it), how many kernels it compiled into it."""
+    if kind == "torch":
+        return {}
+    from tinygrad.helpers import CACHEDB, db_connection
+    out = dict(kernel_cache=CACHEDB)
+    if "CACHEDB" in env:
+        if CACHEDB != env["CACHEDB"]:
+            raise RuntimeError(f"tinygrad used the kernel cache {CACHEDB}, not the empty {env['CACHEDB']}")
+        cur = db_connection().cursor()
+        tables = [r[0] for r in cur.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'compile%'")]
+        out["compiled_kernels"] = sum(cur.execute(f"SELECT COUNT(*) FROM '{t}'").fetchone()[0] for t in tables)
+    return out
+
+
+def cold_cache_env(folder):
+    """Environment for a tinygrad process with empty kernel caches under folder: tinygrad's (CACHEDB, an SQLite file
+    read when tinygrad is imported) and PoCL's compiled programs (POCL_CACHE_DIR, for the CL device)."""
+    return {"CACHEDB": os.path.join(folder, "cache.db"), "POCL_CACHE_DIR": os.path.join(folder, "pocl")}
+
+
+class TrainingProcess:
+    """One _train_worker in its own process; step(i) -> (seconds, loss) of step i, finish() -> its summary."""
+
+    def __init__(self, kind, cfg, batch, n, seed, device=None, devices=None, torch_device="cpu", env=None):
+        ctx = mp.get_context("spawn")
+        self.kind, (self.conn, child) = kind, ctx.Pipe()
+        self.proc = ctx.Process(target=_train_worker, args=(kind, cfg.to_json(), batch, n, seed, device, devices,
+                                                            torch_device, env or {}, time.time(), child), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def _recv(self):
+        try:
+            r = self.conn.recv()
+        except EOFError:
+            self.proc.join(5)
+            r = dict(error=f"the process ended with exit code {self.proc.exitcode}")
+        if isinstance(r, dict) and "error" in r:
+            self.close()
+            raise RuntimeError(f"training with {self.kind} failed: {r['error']}")
+        return r
+
+    def step(self, i):
+        self.conn.send(i)
+        return self._recv()
+
+    def finish(self):
+        self.conn.send(None)
+        r = self._recv()
+        self.proc.join()
+        return r
+
+    def close(self):
+        """Stop the process if it still runs (after an error)."""
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join()
+
+
+def time_training(cfg, batch=32, warmup=3, steps=10, use_torch=True, device=None, seed=0, torch_device="cpu",
+                  devices=None, cold_start=False):
+    """Each framework's training in its own process: tinygrad, tinygrad over `devices` (if given), PyTorch. Each
+    warms up in turn, then their timed steps alternate. cold_start: the tinygrad processes start with empty kernel
+    caches. Returns {name: dict(times, losses, warmup_s, median_s, peak_mib, first_step_s[, kernel_cache,
+    compiled_kernels])}, first_step_s counted from the process's start to the end of its first step."""
+    import tempfile
+    kinds = ["tinygrad"] + (["devices"] if devices else []) + (["torch"] if use_torch and has_mirror(cfg) else [])
+    n, out, procs = warmup + steps, {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench-kernel-cache-") as folder:
+        try:
+            for kind in kinds:
+                env = cold_cache_env(os.path.join(folder, kind)) if cold_start and kind != "torch" else {}
+                procs[kind] = TrainingProcess(kind, cfg, batch, n, seed, device, devices, torch_device, env)
+                warm = [procs[kind].step(i) for i in range(warmup)]
+                out[kind] = dict(times=[], losses=[l for _, l in warm], warmup_s=sum(s for s, _ in warm))
+            for i in range(warmup, n):
+                for kind, proc in procs.items():
+                    secs, loss = proc.step(i)
+                    out[kind]["times"].append(secs)
+                    out[kind]["losses"].append(loss)
+            for kind, proc in procs.items():
+                out[kind].update(proc.finish())
+        finally:
+            for proc in procs.values():
+                proc.close()
     for r in out.values():
         r["median_s"] = statistics.median(r["times"]) if r["times"] else float("nan")
+        r["cold_start"] = cold_start and "compiled_kernels" in r
     return out
 
 
@@ -280,9 +382,10 @@ def machine():
 
 def run_benchmark(presets=DEFAULT_PRESETS, batch=32, warmup=3, steps=10, sample_batch=64, sample_steps=50,
                   guidance=1.0, img_size=32, use_torch=None, sample=True, device=None, print_fn=print, torch_device="cpu",
-                  devices=None, **overrides):
-    """Measure each preset; print a table as it goes. Returns {preset: dict(train=..., sample=..., params=...)}.
-    overrides: ModelConfig fields (tests shrink the model with them)."""
+                  devices=None, cold_start=False, **overrides):
+    """Measure each preset; print a table as it goes, and a summary of the training steps at the end.
+    Returns {preset: dict(train=..., sample=..., params=...)}. overrides: ModelConfig fields (tests shrink the model
+    with them)."""
     use_torch = have_torch() if use_torch is None else use_torch
     print_fn(f"machine: {machine()}")
     if not use_torch:
@@ -291,19 +394,13 @@ def run_benchmark(presets=DEFAULT_PRESETS, batch=32, warmup=3, steps=10, sample_
     for name in presets:
         cfg = get_config(name, img_size=img_size, in_channels=3, num_classes=NUM_CLASSES, **overrides)
         n_params = sum(int(np.prod(s)) for s in np_model(cfg.arch).param_shapes(cfg).values())
-        mirrored = use_torch and cfg.arch in TORCH_FORWARDS
+        mirrored = use_torch and has_mirror(cfg)
         print_fn(f"\n{name}: {n_params / 1e6:.2f}M params, {img_size}x{img_size}x3, {NUM_CLASSES} classes"
-                 + ("" if mirrored or not use_torch else f" (no PyTorch mirror of {cfg.arch})"))
-        train = time_training(cfg, batch, warmup, steps, mirrored, device, torch_device=torch_device, devices=devices)
-        tg = train["tinygrad"]
-        line = f"  training step, batch {batch} (median of {steps}): tinygrad {tg['median_s']:.3f} s"
-        if "torch" in train:
-            line += f", PyTorch ({torch_device}) {train['torch']['median_s']:.3f} s, ratio {tg['median_s'] / train['torch']['median_s']:.2f}x"
-        print_fn(line + f"  [tinygrad warm-up incl. compile {tg['warmup_s']:.1f} s]")
-        if "devices" in train:
-            td = train["devices"]
-            print_fn(f"  training step over {','.join(devices)}: {td['median_s']:.3f} s, {tg['median_s'] / td['median_s']:.2f}x "
-                     f"the speed of one device  [warm-up incl. compile {td['warmup_s']:.1f} s]")
+                 + ("" if mirrored or not use_torch else f" (no PyTorch mirror of {cfg.arch} with text conditioning)"))
+        train = time_training(cfg, batch, warmup, steps, mirrored, device, torch_device=torch_device, devices=devices,
+                              cold_start=cold_start)
+        for line in training_lines(train, batch, steps, torch_device, devices):
+            print_fn(line)
         res = dict(params=n_params, train=train)
         if sample:
             backends = ["numpy", "tinygrad"] + (["torch"] if mirrored else [])
@@ -317,7 +414,52 @@ def run_benchmark(presets=DEFAULT_PRESETS, batch=32, warmup=3, steps=10, sample_
                 print_fn("    " + sampling_ratios(smp))
             res["sample"] = smp
         results[name] = res
+    for line in training_summary(results, batch, cold_start):
+        print_fn(line)
     return results
+
+
+def training_lines(train, batch, steps, torch_device="cpu", devices=None):
+    """The lines of one preset's training: step times and ratio, each process's peak RSS, time to the first step."""
+    tg, pt = train["tinygrad"], train.get("torch")
+    line = f"  training step, batch {batch} (median of {steps}): tinygrad {tg['median_s']:.3f} s"
+    if pt:
+        line += f", PyTorch ({torch_device}) {pt['median_s']:.3f} s, ratio {tg['median_s'] / pt['median_s']:.2f}x"
+    lines = [line + f"  [tinygrad warm-up incl. compile {tg['warmup_s']:.1f} s]"]
+    if "devices" in train:
+        td = train["devices"]
+        lines.append(f"  training step over {','.join(devices)}: {td['median_s']:.3f} s, {tg['median_s'] / td['median_s']:.2f}x "
+                     f"the speed of one device  [warm-up incl. compile {td['warmup_s']:.1f} s]")
+    names = {"tinygrad": "tinygrad", "devices": "tinygrad over devices", "torch": "PyTorch"}
+    lines.append("  peak RSS of each training process: "
+                 + ", ".join(f"{names[k]} {r['peak_mib']:.0f} MiB" for k, r in train.items()))
+    first = [f"{names[k]} {r['first_step_s']:.1f} s" + (f" (cold kernel cache: {r['compiled_kernels']} kernels "
+                                                         "compiled)" if r.get("cold_start") else "")
+             for k, r in train.items()]
+    lines.append("  process start to the end of the first training step: " + ", ".join(first)
+                 + ("" if tg.get("cold_start") else " (tinygrad with its warm kernel cache)"))
+    return lines
+
+
+def training_summary(results, batch, cold_start=False):
+    """A table of every preset's training: step seconds of both frameworks and their ratio, each process's peak RSS,
+    seconds from process start to the end of the first step (PyTorch's columns only where it ran)."""
+    with_torch = any("torch" in res["train"] for res in results.values())
+    cols = [("tinygrad s", 10), ("PyTorch s", 10), ("ratio", 7), ("tinygrad MiB", 13), ("PyTorch MiB", 12),
+            ("tinygrad 1st s", 15), ("PyTorch 1st s", 14)]
+    keep = [c for c in cols if with_torch or "tinygrad" in c[0]]
+    lines = [f"\ntraining, batch {batch}: median step, peak RSS of each process, process start to first step "
+             f"done (tinygrad's kernel cache {'cold' if cold_start else 'warm'})",
+             f"{'preset':<18} " + " ".join(f"{name:>{w}}" for name, w in keep)]
+    for name, res in results.items():
+        tg, pt = res["train"]["tinygrad"], res["train"].get("torch")
+        num = lambda r, key, fmt: format(r[key], fmt) if r else "-"
+        row = {"tinygrad s": f"{tg['median_s']:.3f}", "PyTorch s": num(pt, "median_s", ".3f"),
+               "ratio": f"{tg['median_s'] / pt['median_s']:.2f}x" if pt else "-",
+               "tinygrad MiB": f"{tg['peak_mib']:.0f}", "PyTorch MiB": num(pt, "peak_mib", ".0f"),
+               "tinygrad 1st s": f"{tg['first_step_s']:.1f}", "PyTorch 1st s": num(pt, "first_step_s", ".1f")}
+        lines.append(f"{name:<18} " + " ".join(f"{row[c]:>{w}}" for c, w in keep))
+    return lines
 
 
 def sampling_ratios(smp):
@@ -355,6 +497,9 @@ def main(argv=None):
     ap.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
     ap.add_argument("--guidance", type=float, default=1.0, help="CFG weight (not 1: two model passes per step)")
     ap.add_argument("--no-sample", action="store_true", help="training only")
+    ap.add_argument("--cold-start", action="store_true", help="start tinygrad's training process with empty kernel "
+                    "caches (CACHEDB, POCL_CACHE_DIR in a temporary folder): its time to the first step then includes "
+                    "compiling every kernel (minutes for the U-Nets on a CPU); default: tinygrad's own, warm cache")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     ap.add_argument("--device", default=None, help="tinygrad device (default: DEV or tinygrad's pick)")
     ap.add_argument("--devices", default=None, help="also time the training step data parallel over these devices, "
@@ -405,7 +550,7 @@ def main(argv=None):
         return None
     return run_benchmark(a.presets, a.batch, a.warmup, a.steps, a.sample_batch, a.sample_steps, a.guidance,
                          use_torch=False if a.no_torch else None, sample=not a.no_sample, device=a.device,
-                         torch_device=a.torch_device, devices=devices, **overrides)
+                         torch_device=a.torch_device, devices=devices, cold_start=a.cold_start, **overrides)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""A minimal PyTorch mirror of numpy_ref's tokenfree and uvit forwards, in torch.nn.functional: the reference that
-tinygrad_impl.bench times tinygrad against (pip install -e '.[bench]' for PyTorch). torch is imported inside the
-functions, so this module imports without it."""
+"""A minimal PyTorch mirror of numpy_ref's forwards, in torch.nn.functional over numpy_ref's parameter dict: the
+reference that tinygrad_impl.bench times tinygrad against (pip install -e '.[bench]' for PyTorch). This module holds
+the shared pieces, tokenfree and uvit, and `torch_forward`, which picks an architecture's mirror by cfg.arch; the
+U-Nets are in torch_unets.py, DiffiT in torch_diffit.py. torch is imported inside the functions, so these modules
+import without it."""
 import math
 
 import numpy as np
@@ -27,6 +29,18 @@ def torch_timestep_embedding(t, dim, max_period=10000.0):
     return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
 
 
+def torch_conditioning(p, t, y, dim, cfg):
+    """c = MLP(sinusoid(t)) + label_embed(y) (the null class where y is None): t (B,), y (B,) or None -> (B, E)"""
+    import torch
+    import torch.nn.functional as F
+    c = F.linear(F.silu(F.linear(torch_timestep_embedding(t, dim), p["time_embed.0.weight"], p["time_embed.0.bias"])),
+                 p["time_embed.2.weight"], p["time_embed.2.bias"])                       # (B, E)
+    if cfg.num_classes:
+        ids = torch.full((len(t),), cfg.null_class) if y is None else y.long()
+        c = c + p["label_embed.weight"][ids]
+    return c
+
+
 def torch_attention(x, p, prefix, heads):
     """Fused-qkv self-attention with PyTorch's own SDPA kernel: x (B, L, D) -> (B, L, D)"""
     import torch.nn.functional as F
@@ -37,25 +51,36 @@ def torch_attention(x, p, prefix, heads):
     return F.linear(o.transpose(1, 2).reshape(B, L, D), p[f"{prefix}.proj.weight"], p[f"{prefix}.proj.bias"])
 
 
+def torch_tokenfree_stem(p, x, cfg):
+    """The initial convolution, kernel k = stem_kernel (0: S + 2), padding (k - S) // 2 of zeros or wrapped around
+    (stem_padding): x (B, C, H, W) -> (B, D, H/S, W/S)"""
+    import torch.nn.functional as F
+    S = cfg.stride
+    pad = ((getattr(cfg, "stem_kernel", 0) or S + 2) - S) // 2
+    if getattr(cfg, "stem_padding", "zeros") == "circular":
+        x, pad = F.pad(x, (pad, pad, pad, pad), mode="circular"), 0
+    return F.conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=pad)
+
+
 def torch_tokenfree(p, x, t, y, cfg):
     """numpy_ref.models.tokenfree.forward in PyTorch: x (B, C, H, W), t (B,), y (B,) or None -> eps"""
     import torch
     import torch.nn.functional as F
     S, D, B = cfg.stride, cfg.width, x.shape[0]
     C = x.shape[1]
-    h = F.conv2d(x, p["stem.weight"], p["stem.bias"], stride=S, padding=1)               # (B, D, H/S, W/S)
+    h = torch_tokenfree_stem(p, x, cfg)                                                  # (B, D, H/S, W/S)
     hw = h.shape[2:]
     h = h.flatten(2).transpose(1, 2)                                                     # (B, L, D)
-    c = F.linear(F.silu(F.linear(torch_timestep_embedding(t, D), p["time_embed.0.weight"], p["time_embed.0.bias"])),
-                 p["time_embed.2.weight"], p["time_embed.2.bias"])                       # (B, D)
-    if cfg.num_classes:
-        ids = torch.full((B,), cfg.null_class) if y is None else y.long()
-        c = c + p["label_embed.weight"][ids]
+    if getattr(cfg, "pos_embed", False):
+        h = h + p["pos_embed"]
+    c = torch_conditioning(p, t, y, D, cfg)                                              # (B, D)
     skips = []
     for i in range(cfg.depth):
-        b, kind = f"blocks.{i}", block_kind(i, cfg)
+        kind = block_kind(i, cfg)
         if kind == "out":
-            h = F.linear(torch.cat([h, skips.pop()], -1), p[f"{b}.skip_linear.weight"], p[f"{b}.skip_linear.bias"])
+            h = F.linear(torch.cat([h, skips.pop()], -1), p[f"blocks.{i}.skip_linear.weight"],
+                         p[f"blocks.{i}.skip_linear.bias"])
+        b = "blocks.0" if getattr(cfg, "share_blocks", False) else f"blocks.{i}"      # share_blocks: one block's weights
         sh1, sc1, g1, sh2, sc2, g2 = F.linear(F.silu(c), p[f"{b}.ada.weight"], p[f"{b}.ada.bias"]).unsqueeze(1).chunk(6, -1)
         h = h + g1 * torch_attention(F.layer_norm(h, (D,), eps=1e-6) * (1 + sc1) + sh1, p, f"{b}.attn", cfg.heads)
         z = F.linear(F.layer_norm(h, (D,), eps=1e-6) * (1 + sc2) + sh2, p[f"{b}.mlp.fc1.weight"], p[f"{b}.mlp.fc1.bias"])
@@ -113,7 +138,24 @@ def torch_uvit(p, x, t, y, cfg):
     return h
 
 
-TORCH_FORWARDS = {"tokenfree": torch_tokenfree, "uvit": torch_uvit}
+def torch_forwards():
+    """arch -> its PyTorch mirror, forward(p, x, t, y, cfg) -> eps; every architecture of numpy_ref has one."""
+    from .torch_diffit import torch_diffit
+    from .torch_unets import torch_mobile_unet, torch_snapgen_unet, torch_unet
+    return {"tokenfree": torch_tokenfree, "uvit": torch_uvit, "diffit": torch_diffit, "unet": torch_unet,
+            "mobile_unet": torch_mobile_unet, "snapgen_unet": torch_snapgen_unet}
+
+
+def has_mirror(cfg):
+    """Whether the mirrors compute cfg's model: every architecture, class-conditional or unconditional (no text)."""
+    return cfg.arch in torch_forwards() and not getattr(cfg, "text_vocab", 0)
+
+
+def torch_forward(p, x, t, y, cfg):
+    """The mirror of cfg.arch: p {name: torch tensor}, x (B, C, H, W), t (B,), y (B,) or None -> eps (B, C, H, W)"""
+    if not has_mirror(cfg):
+        raise NotImplementedError(f"no PyTorch mirror of {cfg.arch} with text conditioning (text_vocab > 0)")
+    return torch_forwards()[cfg.arch](p, x, t, y, cfg)
 
 
 def torch_params(params, requires_grad=False, device="cpu"):
@@ -126,7 +168,7 @@ def torch_forward_numpy(params, x, t, y, cfg):
     """The PyTorch mirror on NumPy in and out (for tests and sampling)."""
     import torch
     with torch.inference_mode():
-        out = TORCH_FORWARDS[cfg.arch](params, torch.from_numpy(np.ascontiguousarray(x, np.float32)),
-                                       torch.from_numpy(np.asarray(t, np.float32).reshape(-1)),
-                                       None if y is None else torch.from_numpy(np.asarray(y, np.int64)), cfg)
+        out = torch_forward(params, torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+                            torch.from_numpy(np.asarray(t, np.float32).reshape(-1)),
+                            None if y is None else torch.from_numpy(np.asarray(y, np.int64)), cfg)
     return out.numpy()
