@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from tinygrad import Tensor
 
 import tinygrad_impl.layers as TL
@@ -72,8 +72,10 @@ def test_linear(device, seed, rows, n_in, n_out, bias):
 @settings(max_examples=5)   # every example compiles both paths
 @given(seed=seeds, b=st.integers(1, 2), heads=st.integers(1, 3), lq=st.integers(2, 17), lk=st.integers(2, 21),
        d=st.integers(2, 9), bias=st.booleans())
+@example(seed=0, b=2, heads=2, lq=16, lk=16, d=4, bias=True)   # DiffiT's windows: one bias per head, shared by all
 def test_attention(device, seed, b, heads, lq, lk, d, bias):
-    """both batched matmuls, the softmax and the padding of keys when lk is not a multiple of 8"""
+    """both batched matmuls, the softmax, the padding of keys when lk is not a multiple of 8, and the bias shared by
+    the batch"""
     rng = np.random.default_rng(seed)
     arrays = [rand(rng, b, heads, n, d) for n in (lq, lk, lk)] + ([rand(rng, 1, heads, lq, lk)] if bias else [])
     check_against_plain(lambda *t: TL.attention(*t[:3], t[3] if bias else None), arrays, device, "attention", "qkvb")
@@ -87,11 +89,34 @@ def test_attention(device, seed, b, heads, lq, lk, d, bias):
 @settings(max_examples=5)   # every example compiles both paths
 @given(seed=seeds, b=st.integers(1, 2), c=st.integers(2, 5), k=st.sampled_from([1, 3, 5]), size=st.integers(1, 7),
        bias=st.booleans())
+@example(seed=0, b=2, c=3, k=3, size=16, bias=True)     # rows of 16 (on CL a float16 a row)
+@example(seed=1, b=1, c=4, k=3, size=8, bias=False)     # two rows of 8 a vector
 def test_depthwise_same_conv2d(device, seed, b, c, k, size, bias):
     rng = np.random.default_rng(seed)
     arrays = [rand(rng, b, c, size, size), rand(rng, c, 1, k, k)] + ([rand(rng, c)] if bias else [])
     check_against_plain(lambda *t: TL.conv2d(t[0], t[1], t[2] if bias else None, padding=k // 2, groups=c),
                         arrays, device, "depthwise conv2d", "xwb")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=8)   # every example compiles both paths
+@given(seed=seeds, b=st.integers(1, 2), cin=st.integers(1, 5), cout=st.integers(2, 19), k=st.sampled_from([1, 3, 5]),
+       stride=st.sampled_from([1, 2, 3]), padding=st.integers(0, 2), h=st.integers(5, 9), w=st.integers(5, 20),
+       bias=st.booleans())
+@example(seed=0, b=2, cin=3, cout=16, k=3, stride=1, padding=1, h=6, w=16, bias=True)     # the U-Nets' 3x3 convs
+@example(seed=4, b=2, cin=3, cout=8, k=3, stride=1, padding=1, h=8, w=8, bias=False)      # 2 rows of 8 a vector
+@example(seed=5, b=1, cin=2, cout=4, k=3, stride=2, padding=1, h=8, w=8, bias=True)       # 4 rows of 4
+@example(seed=1, b=1, cin=4, cout=5, k=3, stride=2, padding=1, h=9, w=20, bias=True)      # their downsampling
+@example(seed=2, b=2, cin=5, cout=6, k=1, stride=1, padding=0, h=5, w=8, bias=False)      # their skip 1x1 convs
+@example(seed=3, b=1, cin=2, cout=3, k=5, stride=2, padding=0, h=9, w=7, bias=True)
+def test_conv2d(device, seed, b, cin, cout, k, stride, padding, h, w, bias):
+    """groups 1: on CL the direct kernels (stride 1 or 2, padding < k; strided input gradient spread out with zeros),
+    otherwise the patches times the weights as the fast linear; rows of 4-20 pixels give tiles of 1-16 pixels, of
+    one, two or four rows"""
+    rng = np.random.default_rng(seed)
+    arrays = [rand(rng, b, cin, h, w), rand(rng, cout, cin, k, k)] + ([rand(rng, cout)] if bias else [])
+    check_against_plain(lambda *t: TL.conv2d(t[0], t[1], t[2] if bias else None, stride=stride, padding=padding),
+                        arrays, device, "conv2d", "xwb")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -102,6 +127,21 @@ def test_token_depthwise_conv(device, seed, b, c, k, h, w):
     rng = np.random.default_rng(seed)
     arrays = [rand(rng, b, h * w, c), rand(rng, c, 1, k, k), rand(rng, c)]
     check_against_plain(lambda *t: TL.token_depthwise_conv(*t, (h, w)), arrays, device, "token depthwise", "xwb")
+
+
+# ----------------------------------------------------------------------------
+# Normalization
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=5)
+@given(seed=seeds, b=st.integers(1, 3), groups=st.integers(1, 4), per=st.integers(1, 3), h=st.integers(2, 6),
+       w=st.integers(2, 7))
+def test_group_norm(device, seed, b, groups, per, h, w):
+    rng = np.random.default_rng(seed)
+    c = groups * per
+    arrays = [rand(rng, b, c, h, w) * 2 + 1, rand(rng, c), rand(rng, c)]
+    check_against_plain(lambda *t: TL.group_norm(t[0], groups, t[1], t[2]), arrays, device, "group_norm", "xwb")
 
 
 # ----------------------------------------------------------------------------
@@ -120,10 +160,11 @@ def test_exp_as_arithmetic(device):
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=5)
 @given(seed=seeds, rows=st.integers(2, 9), d=st.integers(2, 33))
-def test_gelu_softmax_layer_norm(device, seed, rows, d):
+def test_gelu_silu_softmax_layer_norm(device, seed, rows, d):
     rng = np.random.default_rng(seed)
     x = rand(rng, 2, rows, d) * 3
     check_against_plain(lambda t: TL.gelu(t, "erf"), [x], device, "gelu")
+    check_against_plain(TL.silu, [x], device, "silu")
     check_against_plain(lambda t: TL.softmax(t, -1), [x], device, "softmax")
     check_against_plain(lambda *t: TL.layer_norm(*t), [x + 1, rand(rng, d), rand(rng, d)], device, "layer_norm", "xwb")
 

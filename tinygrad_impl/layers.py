@@ -31,6 +31,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
         raise ValueError(f"conv2d: input has {x.shape[1]} channels, weight expects {Cg * groups}")
     if fast.applies(x.device) and Cg == 1 and Cout == groups > 1 and stride == 1 and kh == kw == 2 * padding + 1:
         return fast.depthwise_same_conv2d(x, w, b)
+    Ho, Wo = ((n + 2 * padding - k) // stride + 1 for n, k in zip(x.shape[2:], (kh, kw)))
+    if groups == 1 and kh == kw and fast.applies(x.device, Cout, Cg * kh * kw, x.shape[0] * Ho * Wo):
+        return fast.conv2d(x, w, b, stride, padding)
     return x.conv2d(w, b, groups=groups, stride=stride, padding=padding)
 
 
@@ -71,6 +74,8 @@ def group_norm(x, groups, w=None, b=None, eps=1e-5):
     B, C, H, W = x.shape
     if C % groups:
         raise ValueError(f"group_norm: {C} channels do not split into {groups} groups")
+    if w is not None and b is not None and fast.applies(x.device, B * groups, C // groups * H * W, H * W, C):
+        return fast.group_norm(x, groups, w, b, eps)
     y = x.reshape(B, groups, -1).layernorm(-1, eps).reshape(B, C, H, W)
     if w is not None:
         y = y * w.reshape(1, C, 1, 1)
@@ -102,6 +107,8 @@ def sigmoid(x):
 
 
 def silu(x):
+    if fast.applies(x.device):
+        return fast.silu(x)
     return x.silu()
 
 

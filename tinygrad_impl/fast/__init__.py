@@ -52,6 +52,8 @@ def enabled(on):
 
 from .matmul import bmm, bmm_nt, linear, matmul  # noqa: E402
 from .conv import depthwise_same_conv2d, token_depthwise_conv  # noqa: E402
-from .elementwise import affine, gelu_erf, modulate, softmax  # noqa: E402
+from .convolution import conv2d  # noqa: E402
+from .elementwise import affine, gelu_erf, modulate, silu, softmax  # noqa: E402
+from .norm import group_norm  # noqa: E402
 from .attention import attention  # noqa: E402
 from .adamw import adamw_update  # noqa: E402

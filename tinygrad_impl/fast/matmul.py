@@ -13,7 +13,7 @@ from tinygrad.renderer import Estimates
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops, ProgramInfo
 
 from . import on_opencl
-from .reduce import backward_grads, column_sums, upcast, upcasts
+from .reduce import backward_grads, column_sums, laid_out, upcast, upcasts
 
 # ----------------------------------------------------------------------------
 # Kernels
@@ -64,21 +64,27 @@ def _opencl_matmul_source(name, Bt, M, N, K, transpose_a, has_bias, rows, width)
 
 
 def _opencl_matmul_kernel(transpose_a, has_bias):
-    """The matmul as an OpenCL program, launched by tinygrad like one of its own: a PROGRAM UOp with the source, the
-    buffers in signature order and the launch sizes"""
+    """The matmul as an OpenCL program (opencl_program)"""
     def kernel(C, A, B, *bias):
         Bt, M, N = C.shape
         K = B.shape[1]
         rows, width = max(r for r in range(1, 17) if M % r == 0), next(w for w in (16, 8, 4, 2, 1) if N % w == 0)
         name = f"matmul_{'nt'[transpose_a]}n_" + "_".join(map(str, (Bt, M, N, K)[Bt == 1:]))
         source = _opencl_matmul_source(name, Bt, M, N, K, transpose_a, has_bias, rows, width)
-        buffers = tuple(x.buf_uop for x in (C, A, B, *bias))
-        moved = 4 * (Bt * (M * K + K * N + M * N) + N * len(bias))
-        sink = UOp.sink(arg=KernelInfo(name=name, estimates=Estimates(ops=2 * Bt * M * N * K, lds=moved, mem=moved)))
-        info = ProgramInfo(name=name, global_size=(N // width, M // rows, Bt), local_size=(1, 1, 1),
-                           globals=tuple(range(len(buffers))), outs=(0,), ins=tuple(range(1, len(buffers))))
-        return UOp(Ops.PROGRAM, src=(sink, UOp(Ops.LINEAR, src=buffers), UOp(Ops.SOURCE, arg=source)), arg=info)
+        return opencl_program(name, source, (C, A, B, *bias), (N // width, M // rows, Bt), ops=2 * Bt * M * N * K,
+                              moved=4 * (Bt * (M * K + K * N + M * N) + N * len(bias)))
     return kernel
+
+
+def opencl_program(name, source, buffers, global_size, ops, moved):
+    """An OpenCL C program as a custom kernel's result, launched by tinygrad like one of its own: a PROGRAM UOp with
+    the source, the buffers in signature order (the first one written, the others read) and the launch sizes, one
+    work-item a work-group"""
+    buffers = tuple(x.buf_uop for x in buffers)
+    sink = UOp.sink(arg=KernelInfo(name=name, estimates=Estimates(ops=ops, lds=moved, mem=moved)))
+    info = ProgramInfo(name=name, global_size=tuple(global_size), local_size=(1, 1, 1),
+                       globals=tuple(range(len(buffers))), outs=(0,), ins=tuple(range(1, len(buffers))))
+    return UOp(Ops.PROGRAM, src=(sink, UOp(Ops.LINEAR, src=buffers), UOp(Ops.SOURCE, arg=source)), arg=info)
 
 
 def matmul(a, b, bias=None, transpose_a=False, transpose_b=False):
@@ -101,7 +107,7 @@ def matmul(a, b, bias=None, transpose_a=False, transpose_b=False):
 def _linear_grad(g, call, has_bias):
     """dx = g @ w, dw = g^T @ x, db = g summed over rows: matmuls that read their B operand along its rows"""
     x, w = Tensor(call.src[1]), Tensor(call.src[2])
-    g = Tensor(g).contiguous()                                                   # (1, M, N)
+    g = laid_out(Tensor(g))                                                      # (1, M, N)
     grads = (matmul(g, w.unsqueeze(0)), matmul(g, x, transpose_a=True)[0])       # (1, M, K), (N, K)
     return backward_grads(grads + ((column_sums(g.reshape(g.shape[1:])),) if has_bias else ()), call)
 
@@ -122,7 +128,7 @@ def linear(x, w, b=None):
     """x (..., K) @ w.T (K, N) + b -> (..., N), x materialized first (a norm or modulate fused into the matmul would
     be recomputed for every output column)"""
     *lead, K = x.shape
-    x = x.contiguous().reshape(1, -1, K)
+    x = laid_out(x).reshape(1, -1, K)
     return (_linear(x, w) if b is None else _linear_bias(x, w, b)).reshape(*lead, w.shape[0])
 
 
@@ -133,7 +139,7 @@ def linear(x, w, b=None):
 def _bmm_grad(g, call, transpose_b):
     """a @ b: da = g @ b^T, db = a^T @ g; a @ b^T: da = g @ b, db = g^T @ a"""
     a, b = Tensor(call.src[1]), Tensor(call.src[2])
-    g = Tensor(g).contiguous()
+    g = laid_out(Tensor(g))
     if transpose_b:
         return backward_grads((matmul(g, b), matmul(g, a, transpose_a=True)), call)
     return backward_grads((matmul(g, b, transpose_b=True), matmul(a, g, transpose_a=True)), call)

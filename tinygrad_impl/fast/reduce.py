@@ -4,6 +4,16 @@ from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops
 
 
+def laid_out(x):
+    """x as a contiguous buffer for a custom kernel: x itself where it is one already (a buffer, a kernel's or a
+    function's output, or a reshape of one), else x.contiguous(). tinygrad copies a reshaped kernel output once more
+    when asked for .contiguous()"""
+    u = x.uop
+    while u.op is Ops.RESHAPE:
+        u = u.src[0]
+    return x if u.op in (Ops.BUFFER, Ops.AFTER, Ops.GETTUPLE, Ops.CONTIGUOUS) else x.contiguous()
+
+
 def upcast(n, most=8):
     """The largest tile length of a range of n (at most `most`) that divides n"""
     return next(u for u in (16, 8, 4, 2, 5, 3, 1) if u <= most and n % u == 0)
@@ -59,6 +69,29 @@ def row_sums(a, b=None):
     n = a.shape[-1]
     args = [z.reshape(-1, n) for z in ((a,) if b is None else (a, b))]
     return Tensor.empty(args[0].shape[0], device=a.device).custom_kernel(*args, fxn=_row_sums_kernel)[0].reshape(a.shape[:-1])
+
+
+def _row_centered_kernel(share, scale):
+    def kernel(D, A, M, *B):
+        """D (R,) = the sums over the rows of (A (R, n) - M[r // share] * scale) squared, or times B (R, n) when B is
+        given: as the row sums, 8 rows a work-item, 4 columns at a time"""
+        (R, n) = A.shape
+        r, c = UOp.range(R, 0), reduce_range(n, 1)
+        m = M[r // share] if share > 1 else M[r]
+        a = A[r, c] - (m * scale if scale != 1.0 else m)
+        opts = upcasts((R,), (0, upcast(R))) + ((Opt(OptOps.UNROLL, 0, 4),) if n % 4 == 0 else ())
+        return D[r].store(sum_over(a * (B[0][r, c] if B else a), c)).end(r).sink(arg=KernelInfo(
+            name=f"row_centered_{'dots' if B else 'squares'}_{R}_{n}", opts_to_apply=opts))
+    return kernel
+
+
+def row_centered(a, m, b=None, share=1, scale=1.0):
+    """sum over the last axis of (a - m * scale) squared, or of (a - m * scale) * b: a (..., n), m (rows / share,),
+    each entry of m the centre of `share` consecutive rows -> (...); laid out contiguous first"""
+    n = a.shape[-1]
+    args = [a.reshape(-1, n), m.reshape(-1)] + ([] if b is None else [b.reshape(-1, n)])
+    out = Tensor.empty(args[0].shape[0], device=a.device).custom_kernel(*args, fxn=_row_centered_kernel(share, scale))[0]
+    return out.reshape(a.shape[:-1])
 
 
 def backward_grads(grads, call):
