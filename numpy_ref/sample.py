@@ -123,8 +123,9 @@ def grid_conditions(n, cfg, cols=None, label=None, prompt_ids=None):
 # ----------------------------------------------------------------------------
 
 def schedule_of(meta):
-    """The noise schedule a checkpoint was trained with (linear, T=1000 when the file does not say)."""
-    return make_schedule(meta.get("schedule", "linear"), int(meta.get("T", 1000)))
+    """The noise schedule a checkpoint was trained with (linear, T=1000 when the file does not say), with the timestep
+    spacing its sampler needs (a step-distilled student's "trailing" grid: numpy_ref/distill.py)."""
+    return make_schedule(meta.get("schedule", "linear"), int(meta.get("T", 1000)), spacing=meta.get("spacing", "even"))
 
 
 def classes_text(num_classes, meta):
@@ -348,9 +349,10 @@ def build_parser(prog, description):
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--ckpt", required=True, help="checkpoint written by tinygrad_impl.train (or weights.save_weights)")
     p.add_argument("--sampler", default=None, choices=SAMPLERS, help=SAMPLER_HELP)
-    p.add_argument("--steps", type=cli.positive(int), default=50,
+    p.add_argument("--steps", type=cli.positive(int), default=None,
                    help="sampling steps, 1..T of the checkpoint (ddpm: any count, the chain is respaced; heun calls "
-                   "the model 2 steps - 1 times, the others once a step)")
+                   "the model 2 steps - 1 times, the others once a step); default: a step-distilled checkpoint's own "
+                   "count (its sample_steps), else 50")
     p.add_argument("--eta", type=cli.in_range(float, 0, 1), default=0.0,
                    help="DDIM noise in 0..1: 0 deterministic, 1 DDPM-like (dpmpp2m, euler, heun: 0 only)")
     p.add_argument("--n", type=cli.positive(int), default=64, help="number of images")
@@ -394,6 +396,8 @@ def check_run(args, cfg, meta, sched):
     --label a class of the model (--prompt, encoded into args.prompt_ids, a text model's), the grid's size.
     Returns the class id of --label (or None)."""
     args.sampler = resolve_sampler(args.sampler, cfg)
+    if args.steps is None:   # a step-distilled student samples at the count it was distilled for
+        args.steps = int(meta.get("sample_steps", 50))
     if args.steps > sched.T:
         raise CLIError(f"--steps must be in 1..{sched.T} (the checkpoint's schedule has T = {sched.T}), got {args.steps}")
     if args.sampler in ("dpmpp2m", "euler", "heun") and args.eta != 0:

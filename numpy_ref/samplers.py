@@ -70,9 +70,13 @@ def check_sampler(sampler, prediction, what="sampler"):
 
 
 def timesteps(sched, steps):
-    """`steps` distinct timesteps from T-1 down to 0 (evenly spaced)."""
+    """`steps` distinct timesteps from T-1 down to 0 (evenly spaced); a schedule with spacing "trailing" (a
+    step-distilled student's) gives numpy_ref.distill.student_timesteps instead: T-1 down to T/steps - 1."""
     if not 1 <= steps <= sched.T:
         raise ValueError(f"steps must be in 1..{sched.T}, got {steps}")
+    if getattr(sched, "spacing", "even") == "trailing":
+        from .distill import student_timesteps
+        return student_timesteps(sched.T, steps)
     return np.unique(np.round(np.linspace(0, sched.T - 1, steps)).astype(np.int64))[::-1]
 
 

@@ -13,14 +13,16 @@ class Schedule:
     betas: np.ndarray     # (T,) float64
     alphas: np.ndarray    # (T,) 1 - betas
     abar: np.ndarray      # (T,) cumulative product of alphas, decreasing from ~1 to ~0
+    spacing: str = "even"  # the samplers' timesteps: "even" (linspace), or "trailing" for a step-distilled student
 
     @property
     def T(self):
         return len(self.betas)
 
 
-def make_schedule(kind="linear", T=1000, beta_start=1e-4, beta_end=0.02):
-    """linear: betas from beta_start to beta_end (DDPM); cosine: abar = cos^2 of a shifted ramp (Nichol & Dhariwal)."""
+def make_schedule(kind="linear", T=1000, beta_start=1e-4, beta_end=0.02, spacing="even"):
+    """linear: betas from beta_start to beta_end (DDPM); cosine: abar = cos^2 of a shifted ramp (Nichol & Dhariwal).
+    spacing: where samplers put their steps (numpy_ref.samplers.timesteps)."""
     if T < 2:
         raise ValueError(f"schedule needs T >= 2 timesteps, got {T}")
     if kind == "linear":
@@ -32,7 +34,9 @@ def make_schedule(kind="linear", T=1000, beta_start=1e-4, beta_end=0.02):
     else:
         raise ValueError(f"unknown schedule {kind!r}; choose 'linear' or 'cosine'")
     alphas = 1.0 - betas
-    return Schedule(kind, betas, alphas, np.cumprod(alphas))
+    if spacing not in ("even", "trailing"):
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose 'even' or 'trailing'")
+    return Schedule(kind, betas, alphas, np.cumprod(alphas), spacing)
 
 
 def q_sample(x0, t, noise, sched):

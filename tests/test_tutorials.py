@@ -14,7 +14,8 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIALS = os.path.join(ROOT, "tutorials")
 ORDER = ["01_forward_diffusion.py", "02_tokenfree_block.py", "03_samplers.py", "04_train_tinygrad.py",
-         "05_tinygrad_to_numpy.py", "06_architectures.py"]
+         "05_tinygrad_to_numpy.py", "06_architectures.py",
+         "08_distillation.py"]   # 08 runs in test_distill.py, in-process, reusing its compiled step
 
 
 @pytest.fixture(scope="module")

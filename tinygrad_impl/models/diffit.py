@@ -8,6 +8,7 @@ from numpy_ref.models import diffit as _ref
 from ..layers import (attention, concat, conv2d, embedding, gelu, group_norm, layer_norm, linear, merge_heads, silu,
                       split, split_heads, timestep_embedding)
 from ..weights import to_tensors
+from .features import tap
 from .text_cond import cross_attention, encode, pooled_embedding
 
 # ----------------------------------------------------------------------------
@@ -142,5 +143,8 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
             h = conv2d(concat([h, skips.pop()], 1), p[f"skip.{level}.weight"], p[f"skip.{level}.bias"])
         for j in range(cfg.num_res_blocks):
             h = res_block(p, f"dec.{level}.{j}", h, xt, level, cfg, txt)
+        if level == levels - 1:
+            tap("mid", lambda: h)                                                  # (B, C_L, H/2^L, W/2^L)
+    tap("out", lambda: h)                                                          # (B, C0, H, W)
     h = silu(group_norm(h, cfg.groups, p["out.norm.weight"], p["out.norm.bias"]))  # (B, C0, H, W)
     return conv2d(h, p["out.conv.weight"], p["out.conv.bias"], padding=1)

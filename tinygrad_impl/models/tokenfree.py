@@ -8,6 +8,7 @@ from numpy_ref.models import tokenfree as _ref
 from ..layers import (concat, conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate, split,
                       multi_head_attention, silu, timestep_embedding, token_depthwise_conv)
 from ..weights import to_tensors
+from .features import tap
 from .text_cond import cross_attention, encode, pooled_embedding
 
 # ----------------------------------------------------------------------------
@@ -93,6 +94,9 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
         h = block(p, block_prefix(i, cfg), h, c, hw, cfg, txt)
         if kind == "in":
             skips.append(h)
+        if i == cfg.depth // 2:
+            tap("mid", lambda: h.permute(0, 2, 1).reshape(B, cfg.width, *hw))      # (B, D, H/S, W/S)
+    tap("out", lambda: h.permute(0, 2, 1).reshape(B, cfg.width, *hw))
     shift, scale = split(linear(silu(c), p["final.ada.weight"], p["final.ada.bias"]), 2)          # 2 x (B, D)
     h = linear(modulate(layer_norm(h), shift, scale), p["final.linear.weight"], p["final.linear.bias"])  # (B, L, S*S*C)
     h = h.permute(0, 2, 1).reshape(B, S * S * C, *hw)                             # (B, S*S*C, H/S, W/S)

@@ -9,6 +9,7 @@ from numpy_ref.models.unet import (attn_block_shapes, conv3x3_shapes, layout, pa
 from numpy_ref.models import unet as _ref
 from ..layers import concat, conv2d, embedding, group_norm, linear, multi_head_attention, silu, timestep_embedding
 from ..weights import to_tensors
+from .features import tap
 from .text_cond import cross_attention, encode, pooled_embedding
 
 # ----------------------------------------------------------------------------
@@ -116,6 +117,9 @@ def unet_forward(params, x, t, y, cfg, conv_at, attn, T=DEFAULT_T):
             h = upsample(p, op.prefix, h)
         if op.push:
             skips.append(h)
+        if op.prefix == "mid.res.1":
+            tap("mid", lambda: h)                                                          # (B, C, H/2^L, W/2^L)
+    tap("out", lambda: h)                                                                  # (B, ch0, H, W)
     return conv3x3(p, "out_conv", silu(norm(p, "out_norm", h, cfg)), cfg)                  # (B, C, H, W)
 
 

@@ -7,6 +7,7 @@ from numpy_ref.models.uvit import (LN_EPS, check_image_size, load_official_state
 from numpy_ref.models import uvit as _ref
 from ..layers import concat, conv2d, embedding, gelu, layer_norm, linear, multi_head_attention, silu, timestep_embedding
 from ..weights import to_tensors
+from .features import tap
 from .text_cond import encode
 
 # ----------------------------------------------------------------------------
@@ -79,9 +80,11 @@ def forward(params, x, t, y=None, cfg=None, T=DEFAULT_T):
         h = block(p, f"in_blocks.{i}", h, cfg)
         skips.append(h)
     h = block(p, "mid_block", h, cfg)
+    tap("mid", lambda: h[:, num_extras(cfg):].permute(0, 2, 1).reshape(B, cfg.width, *hw))   # (B, D, H/p, W/p)
     for i in range(half):
         skip = skips.pop()                                                             # LIFO: the last in_block first
         h = block(p, f"out_blocks.{i}", h, cfg, skip if cfg.skips else None)
+    tap("out", lambda: h[:, num_extras(cfg):].permute(0, 2, 1).reshape(B, cfg.width, *hw))
     h = layer_norm(h, p["norm.weight"], p["norm.bias"], LN_EPS)
     h = linear(h, p["decoder_pred.weight"], p["decoder_pred.bias"])                    # (B, extras + L, p*p*C)
     h = unpatchify(h[:, num_extras(cfg):], C, P, hw)                                   # (B, C, H, W)
