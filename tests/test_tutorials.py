@@ -14,7 +14,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIALS = os.path.join(ROOT, "tutorials")
 ORDER = ["01_forward_diffusion.py", "02_tokenfree_block.py", "03_samplers.py", "04_train_tinygrad.py",
-         "05_tinygrad_to_numpy.py", "06_architectures.py",
+         "05_tinygrad_to_numpy.py", "06_architectures.py", "07_text_to_image.py",
          "08_distillation.py"]   # 08 runs in test_distill.py, in-process, reusing its compiled step
 
 
@@ -91,3 +91,11 @@ def test_05_tinygrad_to_numpy(out_dir):
     assert_pngs(out_dir, "05_same_images.png")
     assert key["eps_max_diff"] < 1e-4
     assert key["image_max_diff"] < 1e-3
+
+
+def test_07_text_to_image(out_dir):
+    key = run_tutorial("07_text_to_image.py", out_dir)
+    assert_pngs(out_dir, "07_tokens.png", "07_cross_attention.png", "07_prompts.png")
+    assert key["pad_diff"] < 1e-5 and key["pad_attention"] < 1e-12   # PAD tokens are masked, in the encoder and the block
+    assert key["prompt_effect"] > 1e-2 and key["closed_effect"] < 1e-6  # the prompt enters by cross-attention and c only
+    assert key["step"] == 6 and 0.0 < key["loss"] < 2.0
