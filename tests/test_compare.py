@@ -15,7 +15,7 @@ from numpy_ref import features as NF
 from numpy_ref import weights as W
 from tinygrad_impl import compare
 
-TINY = {"tokenfree": ("tokenfree-tiny", ["width=24"]), "unet": ("unet-tiny", [])}
+TINY = {"tokenfree": ("tokenfree-tiny", ["width=24"]), "uvit": ("uvit-tiny", [])}   # the two fastest to compile
 
 
 @pytest.fixture
@@ -44,24 +44,24 @@ def test_compare_trains_evaluates_tabulates_and_resumes(setup, capsys):
         assert np.isfinite(r["samples"]["fd"]) and r["ceiling"]["fd"] > r["floor"]["fd"]
         assert r["kernels"] > 0 and r["launches"] >= r["kernels"] and r["sample_s_per_image"] > 0
     assert W.load_weights(out / "tokenfree" / "ckpt.safetensors")[1].width == 24   # the --set of MATCHED
-    for line in ("| tokenfree (width=24) | 1 | 3 |", "| unet | 1 | 3 |", "| real test images (floor) |", "| Gaussian noise (ceiling) |"):
+    for line in ("| tokenfree (width=24) | 1 | 3 |", "| uvit | 1 | 3 |", "| real test images (floor) |", "| Gaussian noise (ceiling) |"):
         assert line in text, f"{line!r} missing from:\n{text}"
     assert text.rstrip().endswith((out / "compare.md").read_text().rstrip())
 
     # a larger budget continues each model from its checkpoint and evaluates it again; the rest is kept; a second
     # seed is one more run, and the table gives the mean ± sd over the seeds
-    unet_eval = (out / "unet" / "eval.json").read_text()
+    uvit_eval = (out / "uvit" / "eval.json").read_text()
     compare.main(common + ["--steps", "5", "--archs", "tokenfree", "--seeds", "0", "1"])
     record = json.load(open(out / "tokenfree" / "train.json"))
     assert record["step"] == 5 and [s["steps"] for s in record["sessions"]] == [3, 2]
     assert json.load(open(out / "tokenfree" / "eval.json"))["info"]["step"] == 5
     assert json.load(open(out / "tokenfree-seed1" / "train.json"))["step"] == 5
-    assert (out / "unet" / "eval.json").read_text() == unet_eval
+    assert (out / "uvit" / "eval.json").read_text() == uvit_eval
     # --table only rebuilds the table; both budgets are stated
     capsys.readouterr()
     compare.main(["--table"] + common)
     text = capsys.readouterr().out
-    assert "| tokenfree (width=24) | 2 | 5 ± 0 |" in text and "| unet | 1 | 3 |" in text
+    assert "| tokenfree (width=24) | 2 | 5 ± 0 |" in text and "| uvit | 1 | 3 |" in text
     assert "3 steps / 5 steps of training each" in text
     fds = [r["samples"]["fd"] for r in json.load(open(out / "compare.json")) if r["entry"] == "tokenfree"]
     assert len(fds) == 2 and fds[0] != fds[1]   # the seeds are different runs
