@@ -12,7 +12,7 @@ step distillation into a few-step student, optionally with an adversarial term.
 
 --mode kd: the student (any --preset) and the frozen teacher see the same x_t, t, y;
 L = L_task + w_out |out_s - out_t|^2 + w_feat sum_l w(t) |P_l(f_s,l) - f_t,l|^2 / mean(f_t,l^2), P_l a learned 1x1
-conv from the student's width to the teacher's at tap l ("mid", "out": tinygrad_impl/models/features.py), the larger
+conv from the student's width to the teacher's at tap l ("mid", "out": tinygrad_impl/taps.py), the larger
 map average-pooled to the smaller; w(t) = sigma_t^2 (numpy_ref/distill.py kd_weight). Projecting the student's
 features to the teacher's (DESIGN.md 7), not the teacher's to the student's, as DESIGN.md 3.6 writes it: a
 projection of the teacher's could shrink its target to zero. L_task is train's (the teacher run's loss weight).
@@ -56,7 +56,7 @@ from . import weights
 from .adamw import adamw_update, new_state, pack_state
 from .layers import conv2d, embedding, linear
 from .models import get_model
-from .models.features import LEVELS, collect
+from .taps import LEVELS, collect
 from .sample import check_device
 from .train import (NonFinite, StopRequest, batch_at, init_state, keep_log_until, load_training_state, lr_at,
                     mean_tail, sample_grid, state_tensors, steady_rate, step_scalars)

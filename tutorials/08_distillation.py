@@ -11,8 +11,8 @@
 # 3. samples the student at its own step count in NumPy and in tinygrad (the same images) beside the teacher
 #    sampled with as few DDIM steps.
 #
-# Full mode distils tutorial 04's checkpoint (trained first if missing) 16 -> 8 -> 4 -> 2 (a few CPU minutes a
-# round). Fast mode (TUTORIAL_FAST=1) only proves the code runs: one round of two steps into a 2-step student,
+# Full mode distils tutorial 04's checkpoint (trained first if missing) 16 -> 8 -> 4 -> 2, one round
+# after another. Fast mode (TUTORIAL_FAST=1) only proves the code runs: one round of two steps into a 2-step student,
 # from tutorial 04's checkpoint when it exists, else from a tiny teacher with random weights (its samples are noise).
 # Writes `08_students.png`.
 

@@ -8,7 +8,7 @@ from numpy_ref.models import diffit as _ref
 from ..layers import (attention, concat, conv2d, embedding, gelu, group_norm, layer_norm, linear, merge_heads, silu,
                       split, split_heads, timestep_embedding)
 from ..weights import to_tensors
-from .features import tap
+from ..taps import tap
 from .text_cond import cross_attention, encode, pooled_embedding
 
 # ----------------------------------------------------------------------------

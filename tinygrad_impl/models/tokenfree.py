@@ -8,7 +8,7 @@ from numpy_ref.models import tokenfree as _ref
 from ..layers import (concat, conv2d, depth_to_space, embedding, gelu, layer_norm, linear, modulate, split,
                       multi_head_attention, silu, timestep_embedding, token_depthwise_conv)
 from ..weights import to_tensors
-from .features import tap
+from ..taps import tap
 from .text_cond import cross_attention, encode, pooled_embedding
 
 # ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from numpy_ref.models.unet import (attn_block_shapes, conv3x3_shapes, layout, pa
 from numpy_ref.models import unet as _ref
 from ..layers import concat, conv2d, embedding, group_norm, linear, multi_head_attention, silu, timestep_embedding
 from ..weights import to_tensors
-from .features import tap
+from ..taps import tap
 from .text_cond import cross_attention, encode, pooled_embedding
 
 # ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from numpy_ref.models.uvit import (LN_EPS, check_image_size, load_official_state
 from numpy_ref.models import uvit as _ref
 from ..layers import concat, conv2d, embedding, gelu, layer_norm, linear, multi_head_attention, silu, timestep_embedding
 from ..weights import to_tensors
-from .features import tap
+from ..taps import tap
 from .text_cond import encode
 
 # ----------------------------------------------------------------------------
