@@ -122,10 +122,12 @@ def grid_conditions(n, cfg, cols=None, label=None, prompt_ids=None):
 # Checkpoints (numpy_ref.weights.load_for_sampling reads them)
 # ----------------------------------------------------------------------------
 
-def schedule_of(meta):
+def schedule_of(meta, spacing=None):
     """The noise schedule a checkpoint was trained with (linear, T=1000 when the file does not say), with the timestep
-    spacing its sampler needs (a step-distilled student's "trailing" grid: numpy_ref/distill.py)."""
-    return make_schedule(meta.get("schedule", "linear"), int(meta.get("T", 1000)), spacing=meta.get("spacing", "even"))
+    spacing its sampler needs (a step-distilled student's "trailing" grid: numpy_ref/distill.py); spacing (--spacing)
+    overrides the file's."""
+    return make_schedule(meta.get("schedule", "linear"), int(meta.get("T", 1000)),
+                         spacing=spacing or meta.get("spacing", "even"))
 
 
 def classes_text(num_classes, meta):
@@ -333,6 +335,9 @@ def step_progress(total, desc):
 
 SAMPLER_HELP = ("ddim, ddpm or dpmpp2m for an eps or v checkpoint (default ddim); euler or heun (ODE steps) for a "
                 "rectified-flow one (default euler)")
+SPACING_HELP = ("where the steps sit: even (0..T-1 evenly, so 1 step samples at t = 0) or trailing (T-1 down to T/steps - 1, "
+                "what a step-distilled student needs and what few-step sampling of any model wants); default: the "
+                "checkpoint's own (trailing for a distilled student, else even)")
 
 
 def resolve_sampler(sampler, cfg):
@@ -353,6 +358,7 @@ def build_parser(prog, description):
                    help="sampling steps, 1..T of the checkpoint (ddpm: any count, the chain is respaced; heun calls "
                    "the model 2 steps - 1 times, the others once a step); default: a step-distilled checkpoint's own "
                    "count (its sample_steps), else 50")
+    p.add_argument("--spacing", default=None, choices=("even", "trailing"), help=SPACING_HELP)
     p.add_argument("--eta", type=cli.in_range(float, 0, 1), default=0.0,
                    help="DDIM noise in 0..1: 0 deterministic, 1 DDPM-like (dpmpp2m, euler, heun: 0 only)")
     p.add_argument("--n", type=cli.positive(int), default=64, help="number of images")
@@ -417,7 +423,8 @@ def describe(args, cfg, meta, which):
     cond = (f"text prompts ({cfg.text_vocab} tokens)" if cfg.text_vocab else f"{cfg.num_classes or 'no'} classes")
     return (f"{args.ckpt}: {cfg.arch} {cfg.img_size}x{cfg.img_size}x{cfg.in_channels}, "
             f"{cond}, step {meta.get('step', '?')}, data {meta.get('data', '?')}; "
-            f"using the {which} weights; {args.sampler} {args.steps} steps, seed {args.seed}, guidance {args.guidance}, "
+            f"using the {which} weights; {args.sampler} {args.steps} steps"
+            f"{f' ({args.spacing} spacing)' if getattr(args, 'spacing', None) else ''}, seed {args.seed}, guidance {args.guidance}, "
             f"batches of {min(args.batch, args.n)}")
 
 
@@ -431,7 +438,7 @@ def main(argv=None):
     args = build_parser("python -m numpy_ref.sample", "Sample a checkpoint with NumPy.").parse_args(argv)
     check_paths(args)
     params, cfg, meta, which = load_checked(args.ckpt, args.raw)
-    sched = schedule_of(meta)
+    sched = schedule_of(meta, args.spacing)
     label = check_run(args, cfg, meta, sched)
     print(describe(args, cfg, meta, which))
     if args.prompts:

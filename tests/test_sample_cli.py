@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from numpy_ref import cli
+from numpy_ref import samplers
 from numpy_ref import sample as np_sample
 from numpy_ref import weights as np_weights
 from numpy_ref.configs import get_config
@@ -47,6 +48,21 @@ def test_numpy_and_tinygrad_clis_draw_the_same_grid(ckpt, tmp_path, capsys):
     assert np.abs(np.load(tmp_path / "raw.npy") - a).max() > 0.1
     np_sample.main(flags(ckpt, tmp_path / "s.png", "--n", "5", "--seed", "4"))
     assert np.abs(np.load(tmp_path / "s.npy") - a).max() > 0.1
+
+
+def test_spacing_trailing_samples_one_step_from_pure_noise_on_both_sides(ckpt, tmp_path, capsys):
+    """--spacing overrides the checkpoint's grid: 1 even step samples at t = 0 (the noise comes back nearly as it
+    went in), 1 trailing step at t = T - 1; NumPy and tinygrad draw the same images either way."""
+    assert [int(t) for t in samplers.timesteps(np_sample.schedule_of({}, "trailing"), 1)] == [999]
+    assert [int(t) for t in samplers.timesteps(np_sample.schedule_of({}), 1)] == [0]
+    one = ["--steps", "1", "--n", "3", "--batch", "3"]
+    np_sample.main(flags(ckpt, tmp_path / "np.png", *one, "--spacing", "trailing"))
+    assert "ddim 1 steps (trailing spacing)" in capsys.readouterr().out
+    tg_sample.main(flags(ckpt, tmp_path / "tg.png", *one, "--spacing", "trailing"))
+    np_sample.main(flags(ckpt, tmp_path / "even.png", *one))
+    trailing, even = np.load(tmp_path / "np.npy"), np.load(tmp_path / "even.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "tg.npy"), trailing, atol=2e-3)
+    assert np.abs(trailing - even).max() > 0.1
 
 
 def test_the_images_do_not_depend_on_the_batch_size(ckpt, tmp_path):

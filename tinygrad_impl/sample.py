@@ -79,7 +79,7 @@ def main(argv=None):
     check_paths(args)
     device = check_device(args.device)
     params, cfg, meta, which = load_checked(args.ckpt, args.raw)
-    sched = schedule_of(meta)
+    sched = schedule_of(meta, args.spacing)
     label = check_run(args, cfg, meta, sched)
     if args.beam is not None:
         use_beam(args.beam, device)
