@@ -99,7 +99,7 @@ def test_depthwise_same_conv2d(device, seed, b, c, k, size, bias):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=8)   # every example compiles both paths
+@settings(max_examples=4)   # every example compiles both paths; the pinned examples cover the layouts the models use
 @given(seed=seeds, b=st.integers(1, 2), cin=st.integers(1, 5), cout=st.integers(2, 19), k=st.sampled_from([1, 3, 5]),
        stride=st.sampled_from([1, 2, 3]), padding=st.integers(0, 2), h=st.integers(5, 9), w=st.integers(5, 20),
        bias=st.booleans())
