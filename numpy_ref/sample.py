@@ -22,7 +22,7 @@ from . import cli, weights
 from .cli import CLIError
 from .samplers import SAMPLERS, RowNoise, check_sampler, default_sampler, sampling_plan
 from .samplers import sample as run_sampler
-from .schedule import make_schedule
+from .schedule import SPACINGS, make_schedule
 
 # ----------------------------------------------------------------------------
 # Grids
@@ -358,7 +358,7 @@ def build_parser(prog, description):
                    help="sampling steps, 1..T of the checkpoint (ddpm: any count, the chain is respaced; heun calls "
                    "the model 2 steps - 1 times, the others once a step); default: a step-distilled checkpoint's own "
                    "count (its sample_steps), else 50")
-    p.add_argument("--spacing", default=None, choices=("even", "trailing"), help=SPACING_HELP)
+    p.add_argument("--spacing", default=None, choices=SPACINGS, help=SPACING_HELP)
     p.add_argument("--eta", type=cli.in_range(float, 0, 1), default=0.0,
                    help="DDIM noise in 0..1: 0 deterministic, 1 DDPM-like (dpmpp2m, euler, heun: 0 only)")
     p.add_argument("--n", type=cli.positive(int), default=64, help="number of images")

@@ -20,6 +20,9 @@ class Schedule:
         return len(self.betas)
 
 
+SPACINGS = ("even", "trailing")   # where samplers put their steps (numpy_ref.samplers.timesteps)
+
+
 def make_schedule(kind="linear", T=1000, beta_start=1e-4, beta_end=0.02, spacing="even"):
     """linear: betas from beta_start to beta_end (DDPM); cosine: abar = cos^2 of a shifted ramp (Nichol & Dhariwal).
     spacing: where samplers put their steps (numpy_ref.samplers.timesteps)."""
@@ -34,7 +37,7 @@ def make_schedule(kind="linear", T=1000, beta_start=1e-4, beta_end=0.02, spacing
     else:
         raise ValueError(f"unknown schedule {kind!r}; choose 'linear' or 'cosine'")
     alphas = 1.0 - betas
-    if spacing not in ("even", "trailing"):
+    if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose 'even' or 'trailing'")
     return Schedule(kind, betas, alphas, np.cumprod(alphas), spacing)
 

@@ -23,6 +23,7 @@ from numpy_ref import metrics
 from numpy_ref.cli import CLIError
 from numpy_ref.samplers import SAMPLERS
 from numpy_ref.sample import SAMPLER_HELP, SPACING_HELP, check_run, load_checked, schedule_of, writable_file_for
+from numpy_ref.schedule import SPACINGS
 
 # ----------------------------------------------------------------------------
 # What is compared
@@ -135,10 +136,9 @@ def evaluate(args):
         rows.append(dict(row, set=name))
     info = dict(ckpt=str(args.ckpt), arch=cfg.arch, preset=meta.get("preset"), step=meta.get("step"), data=data,
                 image=[cfg.in_channels, cfg.img_size, cfg.img_size], weights=which, sampler=args.sampler,
-                steps=args.steps, spacing=sched.spacing, eta=args.eta, guidance=args.guidance, seed=args.seed, n=args.n,
-                backend=backend,
-                sample_time=round(sample_time, 1), features=str(feat_path), feature_dim=fcfg.feature_dim,
-                feature_test_accuracy=fmeta["test_accuracy"], reference=f"{len(ref)} real train images", k=args.k,
+                steps=args.steps, spacing=sched.spacing, eta=args.eta, guidance=args.guidance, seed=args.seed,
+                n=args.n, backend=backend, sample_time=round(sample_time, 1), features=str(feat_path),
+                feature_dim=fcfg.feature_dim, feature_test_accuracy=fmeta["test_accuracy"], reference=f"{len(ref)} real train images", k=args.k,
                 class_names=list(meta.get("class_names") or range(cfg.num_classes)))
     result = dict(info=info, rows=rows)
     if args.json:
@@ -184,7 +184,7 @@ def build_parser():
     p.add_argument("--n", type=cli.positive(int), default=10000, help="number of samples (and of noise and test images)")
     p.add_argument("--sampler", default=None, choices=SAMPLERS, help=SAMPLER_HELP)
     p.add_argument("--steps", type=cli.positive(int), default=50, help="sampling steps, 1..T of the checkpoint")
-    p.add_argument("--spacing", default=None, choices=("even", "trailing"), help=SPACING_HELP)
+    p.add_argument("--spacing", default=None, choices=SPACINGS, help=SPACING_HELP)
     p.add_argument("--eta", type=cli.in_range(float, 0, 1), default=0.0,
                    help="DDIM noise in 0..1: 0 deterministic, 1 DDPM-like (dpmpp2m, euler, heun: 0 only)")
     p.add_argument("--guidance", type=cli.non_negative(float), default=1.0,
